@@ -1,0 +1,71 @@
+"""BERT hyperparameters, and their mapping to a Hugging Face `config.json`."""
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Dict
+
+# Our field name -> Hugging Face BertConfig key.
+HF_CONFIG_KEYS = {
+    "vocab_size": "vocab_size",
+    "hidden_width": "hidden_size",
+    "num_layers": "num_hidden_layers",
+    "num_heads": "num_attention_heads",
+    "intermediate_width": "intermediate_size",
+    "max_positions": "max_position_embeddings",
+    "type_vocab_size": "type_vocab_size",
+    "dropout": "hidden_dropout_prob",
+    "attention_dropout": "attention_probs_dropout_prob",
+    "layer_norm_eps": "layer_norm_eps",
+    "pad_token_id": "pad_token_id",
+}
+
+
+@dataclass
+class BertConfig:
+    vocab_size: int = 30522
+    hidden_width: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_width: int = 1024
+    max_positions: int = 512
+    type_vocab_size: int = 2
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.hidden_width % self.num_heads:
+            raise ValueError(
+                f"hidden_width ({self.hidden_width}) must be a multiple of num_heads ({self.num_heads})"
+            )
+
+    @classmethod
+    def from_hf(cls, hf_config: Dict[str, Any]) -> "BertConfig":
+        """Read a Hugging Face BERT `config.json` dict; raises KeyError naming a missing key."""
+        act = hf_config.get("hidden_act", "gelu")
+        if act != "gelu":
+            raise ValueError(f"only hidden_act='gelu' is supported, the config has {act!r}")
+        position_type = hf_config.get("position_embedding_type", "absolute")
+        if position_type != "absolute":
+            raise ValueError(
+                f"only absolute position embeddings are supported, the config has {position_type!r}"
+            )
+        values = {}
+        for field in fields(cls):
+            hf_key = HF_CONFIG_KEYS[field.name]
+            if hf_key in hf_config:
+                values[field.name] = field.type(hf_config[hf_key])
+            elif field.name in ("vocab_size", "hidden_width", "num_layers", "num_heads"):
+                raise KeyError(hf_key)
+        return cls(**values)
+
+    def to_hf(self) -> Dict[str, Any]:
+        """A `config.json` dict that `transformers.BertModel.from_pretrained` reads."""
+        hf = {HF_CONFIG_KEYS[name]: value for name, value in asdict(self).items()}
+        hf.update(
+            architectures=["BertForPreTraining"],
+            model_type="bert",
+            hidden_act="gelu",
+            position_embedding_type="absolute",
+            initializer_range=0.02,
+        )
+        return hf

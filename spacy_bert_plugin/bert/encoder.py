@@ -1,0 +1,110 @@
+"""The BERT encoder in plain PyTorch: embeddings, post-LN transformer layers, pooler.
+
+Numerics follow Hugging Face `BertModel` (exact GELU, LayerNorm after each residual), so its
+checkpoints load through `bert.hf` and give the same hidden states.
+"""
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .config import BertConfig
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.word = nn.Embedding(config.vocab_size, config.hidden_width, padding_idx=config.pad_token_id)
+        self.position = nn.Embedding(config.max_positions, config.hidden_width)
+        self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_width)
+        self.norm = nn.LayerNorm(config.hidden_width, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, input_ids: Tensor, token_type_ids: Optional[Tensor] = None) -> Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.word(input_ids) + self.position(positions)
+        if token_type_ids is None:
+            x = x + self.token_type.weight[0]
+        else:
+            x = x + self.token_type(token_type_ids)
+        return self.dropout(self.norm(x))
+
+
+class BertSelfAttention(nn.Module):
+    """Multi-head self-attention with one fused QKV projection."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.qkv = nn.Linear(config.hidden_width, 3 * config.hidden_width)
+        self.output = nn.Linear(config.hidden_width, config.hidden_width)
+        self.attention_dropout = config.attention_dropout
+
+    def forward(self, x: Tensor, attention_mask: Optional[Tensor]) -> Tensor:
+        batch, length, width = x.shape
+        # (batch, length, 3 * width) -> 3 x (batch, heads, length, head_width)
+        q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        dropout = self.attention_dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=dropout)
+        return self.output(y.transpose(1, 2).reshape(batch, length, width))
+
+
+class BertLayer(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attention = BertSelfAttention(config)
+        self.attention_norm = nn.LayerNorm(config.hidden_width, eps=config.layer_norm_eps)
+        self.intermediate = nn.Linear(config.hidden_width, config.intermediate_width)
+        self.output = nn.Linear(config.intermediate_width, config.hidden_width)
+        self.output_norm = nn.LayerNorm(config.hidden_width, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor, attention_mask: Optional[Tensor]) -> Tensor:
+        x = self.attention_norm(x + self.dropout(self.attention(x, attention_mask)))
+        h = self.output(F.gelu(self.intermediate(x)))
+        return self.output_norm(x + self.dropout(h))
+
+
+class BertEncoder(nn.Module):
+    """Piece ids -> last-layer hidden states, shape (batch, length, hidden_width)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.layers = nn.ModuleList(BertLayer(config) for _ in range(config.num_layers))
+        self.pooler = nn.Linear(config.hidden_width, config.hidden_width)
+        self.apply(self._init_weights)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        padding_mask: Optional[Tensor] = None,
+        token_type_ids: Optional[Tensor] = None,
+    ) -> Tensor:
+        """`padding_mask` is True at real pieces; pass None when the batch has no padding so that
+        attention can take its fastest unmasked kernel."""
+        attention_mask = None if padding_mask is None else padding_mask[:, None, None, :]
+        x = self.embeddings(input_ids, token_type_ids)
+        for layer in self.layers:
+            x = layer(x, attention_mask)
+        return x
+
+    def pool(self, hidden: Tensor) -> Tensor:
+        """BERT's sentence vector: tanh(dense([CLS]))."""
+        return torch.tanh(self.pooler(hidden[:, 0]))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # BERT's initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm.
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)

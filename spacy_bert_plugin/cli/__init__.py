@@ -1,0 +1,4 @@
+"""spaCy CLI commands, registered through the `spacy_cli` entry point."""
+from .export import bert_export_hf_cli
+
+__all__ = ["bert_export_hf_cli"]

@@ -1,0 +1,135 @@
+"""The `spacy_bert_plugin.BertEncoder.v1` architecture: Docs -> one vector per token.
+
+The PyTorch encoder is made at `initialize` (random, or from a checkpoint) or when a saved
+pipeline is loaded, because its sizes and vocabulary are only known then.
+"""
+from typing import Callable, List, Optional, Tuple
+
+import torch
+from spacy.tokens import Doc
+from thinc.api import ArgsKwargs, Model, PyTorchGradScaler, PyTorchWrapper_v2, torch2xp, xp2torch
+from thinc.types import Floats2d
+
+from ..bert.config import BertConfig
+from ..bert.encoder import BertEncoder as TorchBertEncoder
+from ..bert.pooling import POOLING_MODES, WordEncoder
+from ..pieces import WordPieces
+from .windows import PieceBatch, docs_to_batch
+
+
+def BertEncoder(
+    hidden_width: int = 256,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    intermediate_width: int = 1024,
+    max_positions: int = 512,
+    dropout: float = 0.1,
+    attention_dropout: float = 0.1,
+    pooling: str = "mean",
+    window: Optional[int] = None,
+    max_batch_pieces: int = 4096,
+    autocast: Optional[str] = None,
+) -> Model[List[Doc], List[Floats2d]]:
+    """BERT over WordPiece windows, pieces pooled per token (`mean`, `first` or `last`).
+    `window` is the most pieces per window without [CLS]/[SEP] (default: max_positions - 2);
+    `autocast` = "bf16" or "fp16" runs the encoder in mixed precision."""
+    if pooling not in POOLING_MODES:
+        raise ValueError(f"pooling must be one of {POOLING_MODES}, not {pooling!r}")
+    config = BertConfig(
+        hidden_width=hidden_width,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        intermediate_width=intermediate_width,
+        max_positions=max_positions,
+        dropout=dropout,
+        attention_dropout=attention_dropout,
+    )
+    return Model(
+        "bert_encoder",
+        forward,
+        dims={"nO": hidden_width},
+        attrs={
+            "bert_config": config,
+            "pieces": None,
+            "pooling": pooling,
+            "window": window,
+            "max_batch_pieces": max_batch_pieces,
+            "autocast": autocast,
+        },
+    )
+
+
+def set_encoder(model: Model, encoder: TorchBertEncoder, pieces: WordPieces) -> None:
+    """Install a PyTorch encoder and its vocabulary (at initialize, or when loading)."""
+    if encoder.config.vocab_size < pieces.vocab_size:
+        raise ValueError(
+            f"the vocabulary has {pieces.vocab_size} pieces but the encoder only {encoder.config.vocab_size} embeddings"
+        )
+    autocast = model.attrs["autocast"]
+    wrapper = PyTorchWrapper_v2(
+        WordEncoder(encoder, model.attrs["pooling"], autocast),
+        convert_inputs=_batch_to_torch,
+        convert_outputs=_words_from_torch,
+        grad_scaler=PyTorchGradScaler(enabled=autocast == "fp16"),
+    )
+    model.layers[:] = [wrapper]
+    model.attrs["bert_config"] = encoder.config
+    model.attrs["pieces"] = pieces
+    model.set_dim("nO", encoder.config.hidden_width, force=True)
+
+
+def get_encoder(model: Model) -> TorchBertEncoder:
+    if not model.layers:
+        raise ValueError("the BERT encoder has no weights yet: call nlp.initialize() first")
+    return model.layers[0].shims[0]._model.encoder
+
+
+def new_random_encoder(model: Model, pieces: WordPieces) -> TorchBertEncoder:
+    config = model.attrs["bert_config"]
+    config.vocab_size = pieces.vocab_size
+    config.pad_token_id = pieces.pad_id
+    return TorchBertEncoder(config)
+
+
+def window_size(model: Model) -> int:
+    limit = model.attrs["bert_config"].max_positions - 2
+    window = model.attrs["window"] or limit
+    if not 0 < window <= limit:
+        raise ValueError(f"window must be between 1 and max_positions - 2 = {limit}, not {window}")
+    return window
+
+
+def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[List[Floats2d], Callable]:
+    if not model.layers:
+        raise ValueError("the BERT encoder has no weights yet: call nlp.initialize() first")
+    batch = docs_to_batch(docs, model.attrs["pieces"], window_size(model), model.attrs["max_batch_pieces"])
+    width = model.get_dim("nO")
+    if not batch.chunks:
+        return [model.ops.alloc2f(len(doc), width) for doc in docs], lambda d_vectors: []
+    vectors, backprop_vectors = model.layers[0](batch, is_train)
+
+    def backprop(d_vectors: List[Floats2d]) -> List[Doc]:
+        backprop_vectors(model.ops.xp.concatenate(d_vectors))
+        return []
+
+    return model.ops.unflatten(vectors, batch.doc_lengths), backprop
+
+
+def _batch_to_torch(model: Model, batch: PieceBatch, is_train: bool) -> Tuple[ArgsKwargs, Callable]:
+    device = model.shims[0].device
+    chunks = [
+        (torch.from_numpy(ids).to(device), None if mask is None else torch.from_numpy(mask).to(device))
+        for ids, mask in batch.chunks
+    ]
+    piece_word = torch.from_numpy(batch.piece_word).to(device)
+    return ArgsKwargs(args=(chunks, piece_word, batch.n_words), kwargs={}), lambda d_inputs: []
+
+
+def _words_from_torch(model: Model, inputs_outputs, is_train: bool) -> Tuple[Floats2d, Callable]:
+    _, vectors = inputs_outputs
+
+    def backprop(d_vectors: Floats2d) -> ArgsKwargs:
+        grads = xp2torch(d_vectors, device=vectors.device)
+        return ArgsKwargs(args=((vectors,),), kwargs={"grad_tensors": (grads,)})
+
+    return torch2xp(vectors, ops=model.ops), backprop

@@ -1,0 +1,141 @@
+"""WordPiece tokenization with the `tokenizers` library, as BERT's tokenizer does it.
+
+Each input word (a spaCy token) gets BERT's basic pre-tokenization (whitespace and punctuation
+split, optional lower-casing and accent stripping) and then WordPiece, exactly like
+`BertTokenizerFast(words, is_split_into_words=True)`.
+"""
+import json
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]
+# Words longer than this become [UNK], as in BERT.
+MAX_CHARS_PER_WORD = 100
+
+
+class WordPieces:
+    """A WordPiece vocabulary with BERT's normalization; encodes pre-split words to piece ids."""
+
+    def __init__(
+        self,
+        vocab: Dict[str, int],
+        lowercase: bool = True,
+        strip_accents: Optional[bool] = None,
+        tokenize_chinese_chars: bool = True,
+    ):
+        missing = [token for token in SPECIAL_TOKENS if token not in vocab]
+        if missing:
+            raise ValueError(f"the WordPiece vocabulary lacks the special tokens {missing}")
+        self.lowercase = lowercase
+        self.strip_accents = strip_accents
+        self.tokenize_chinese_chars = tokenize_chinese_chars
+        self.tokenizer = Tokenizer(
+            models.WordPiece(vocab, unk_token=UNK, max_input_chars_per_word=MAX_CHARS_PER_WORD)
+        )
+        self.tokenizer.normalizer = normalizers.BertNormalizer(
+            clean_text=True,
+            handle_chinese_chars=tokenize_chinese_chars,
+            strip_accents=strip_accents,
+            lowercase=lowercase,
+        )
+        self.tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        self.tokenizer.decoder = decoders.WordPiece(prefix="##")
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
+            vocab[token] for token in SPECIAL_TOKENS
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        """One more than the highest piece id: the rows the embedding table needs."""
+        return max(self.tokenizer.get_vocab().values()) + 1
+
+    @property
+    def special_ids(self) -> List[int]:
+        return [self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id]
+
+    def encode_words(self, docs: Sequence[Sequence[str]]) -> List[Tuple[numpy.ndarray, numpy.ndarray]]:
+        """For each list of words: (piece ids, index of the word each piece comes from), int64.
+        Words that yield no pieces (whitespace) simply have no entries."""
+        encodings = self.tokenizer.encode_batch(
+            [list(words) for words in docs], is_pretokenized=True, add_special_tokens=False
+        )
+        return [
+            (numpy.asarray(enc.ids, dtype=numpy.int64), numpy.asarray(enc.word_ids, dtype=numpy.int64))
+            for enc in encodings
+        ]
+
+    def vocab_list(self) -> List[str]:
+        """The pieces ordered by id (the lines of vocab.txt)."""
+        vocab = self.tokenizer.get_vocab()
+        return sorted(vocab, key=vocab.__getitem__)
+
+    @classmethod
+    def train(
+        cls,
+        texts: Iterable[str],
+        vocab_size: int,
+        lowercase: bool = True,
+        min_frequency: int = 2,
+    ) -> "WordPieces":
+        """Learn a WordPiece vocabulary of at most `vocab_size` pieces from raw texts."""
+        tokenizer = Tokenizer(models.WordPiece(unk_token=UNK))
+        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=SPECIAL_TOKENS,
+            continuing_subword_prefix="##",
+            show_progress=False,
+        )
+        tokenizer.train_from_iterator(texts, trainer)
+        return cls(tokenizer.get_vocab(), lowercase=lowercase)
+
+    # Files in Hugging Face's layout, so that BertTokenizer(Fast) reads them.
+
+    def to_disk(self, folder: Path) -> None:
+        folder = Path(folder)
+        (folder / "vocab.txt").write_text("\n".join(self.vocab_list()) + "\n", encoding="utf8")
+        (folder / "tokenizer_config.json").write_text(json.dumps(self.hf_tokenizer_config(), indent=2))
+        special = dict(unk_token=UNK, sep_token=SEP, pad_token=PAD, cls_token=CLS, mask_token=MASK)
+        (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+
+    def hf_tokenizer_config(self) -> Dict[str, Any]:
+        return {
+            "tokenizer_class": "BertTokenizer",
+            "do_lower_case": self.lowercase,
+            "strip_accents": self.strip_accents,
+            "tokenize_chinese_chars": self.tokenize_chinese_chars,
+            "unk_token": UNK,
+            "sep_token": SEP,
+            "pad_token": PAD,
+            "cls_token": CLS,
+            "mask_token": MASK,
+        }
+
+    @classmethod
+    def from_disk(cls, folder: Path) -> "WordPieces":
+        """Read vocab.txt and, when present, tokenizer_config.json from an HF-style folder."""
+        folder = Path(folder)
+        vocab_path = folder / "vocab.txt"
+        if not vocab_path.exists():
+            raise FileNotFoundError(
+                f"{vocab_path} is missing: a BERT checkpoint folder needs its WordPiece vocabulary"
+            )
+        lines = vocab_path.read_text(encoding="utf8").splitlines()
+        vocab = {token: i for i, token in enumerate(lines)}
+        config_path = folder / "tokenizer_config.json"
+        config = json.loads(config_path.read_text(encoding="utf8")) if config_path.exists() else {}
+        try:
+            return cls(
+                vocab,
+                lowercase=config.get("do_lower_case", True),
+                strip_accents=config.get("strip_accents"),
+                tokenize_chinese_chars=config.get("tokenize_chinese_chars", True),
+            )
+        except ValueError as err:
+            raise ValueError(f"{vocab_path}: {err}") from err

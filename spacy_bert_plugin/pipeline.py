@@ -1,0 +1,199 @@
+"""The `bert_encoder` pipeline component: contextual token vectors from a BERT encoder.
+
+It is a `Tok2Vec`, so downstream components share it through `spacy.Tok2VecListener.v1`
+(`upstream = "bert_encoder"`) and their gradients fine-tune it.
+"""
+import tempfile
+from itertools import islice
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Union
+
+import srsly
+from spacy import util
+from spacy.language import Language
+from spacy.pipeline import Tok2Vec
+from spacy.pipeline.tok2vec import Tok2VecListener
+from spacy.training import Example, validate_get_examples
+from spacy.vocab import Vocab
+from thinc.api import Model, Optimizer
+from thinc.types import Floats2d
+
+from . import __version__
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .layers import get_encoder, new_random_encoder, set_encoder
+from .pieces import WordPieces
+
+DEFAULT_BERT_MODEL = """
+[model]
+@architectures = "spacy_bert_plugin.BertEncoder.v1"
+hidden_width = 256
+num_layers = 4
+num_heads = 4
+intermediate_width = 1024
+max_positions = 512
+dropout = 0.1
+attention_dropout = 0.1
+pooling = "mean"
+window = null
+max_batch_pieces = 4096
+autocast = null
+"""
+DEFAULT_MODEL_CONFIG = util.load_config_from_str(DEFAULT_BERT_MODEL)["model"]
+
+# Docs read from the training data to learn a WordPiece vocabulary when no checkpoint is given.
+MAX_VOCAB_TRAINING_DOCS = 100_000
+
+
+@Language.factory(
+    "bert_encoder",
+    assigns=["doc.tensor"],
+    default_config={
+        "model": DEFAULT_MODEL_CONFIG,
+        "checkpoint": None,
+        "vocab_size": 8000,
+        "lowercase": True,
+        "frozen": False,
+    },
+)
+def make_bert_encoder(
+    nlp: Language,
+    name: str,
+    model: Model[List, List[Floats2d]],
+    checkpoint: Optional[str],
+    vocab_size: int,
+    lowercase: bool,
+    frozen: bool,
+) -> "BertEncoderComponent":
+    """`checkpoint`: a BERT folder (HF format or written by this package) read at initialize.
+    Without one, a WordPiece vocabulary of `vocab_size` pieces is learnt from the training texts
+    and the weights start random. `frozen` keeps the encoder's weights fixed during training."""
+    return BertEncoderComponent(
+        nlp.vocab, model, name, checkpoint=checkpoint, vocab_size=vocab_size, lowercase=lowercase, frozen=frozen
+    )
+
+
+class BertEncoderComponent(Tok2Vec):
+    def __init__(
+        self,
+        vocab: Vocab,
+        model: Model,
+        name: str = "bert_encoder",
+        *,
+        checkpoint: Optional[str] = None,
+        vocab_size: int = 8000,
+        lowercase: bool = True,
+        frozen: bool = False,
+    ) -> None:
+        super().__init__(vocab, model, name)
+        self.cfg = {
+            "checkpoint": None if checkpoint is None else str(checkpoint),
+            "vocab_size": vocab_size,
+            "lowercase": lowercase,
+            "frozen": frozen,
+            "plugin_version": __version__,
+        }
+
+    def initialize(
+        self,
+        get_examples: Optional[Callable[[], Iterable[Example]]] = None,
+        *,
+        nlp: Optional[Language] = None,
+        checkpoint: Optional[Union[str, Path]] = None,
+    ) -> None:
+        """Load weights and vocabulary from `checkpoint` (default: the factory's), or learn a
+        vocabulary from the examples' texts and start from random weights."""
+        checkpoint = checkpoint if checkpoint is not None else self.cfg["checkpoint"]
+        if checkpoint is not None:
+            pretrained, pieces = load_checkpoint(checkpoint)
+            encoder = pretrained.encoder
+        else:
+            validate_get_examples(get_examples, "BertEncoderComponent.initialize")
+            texts = (eg.reference.text for eg in islice(get_examples(), MAX_VOCAB_TRAINING_DOCS))
+            pieces = WordPieces.train(texts, self.cfg["vocab_size"], lowercase=self.cfg["lowercase"])
+            encoder = new_random_encoder(self.model, pieces)
+        self._check_listener_widths(encoder.config.hidden_width, checkpoint)
+        set_encoder(self.model, encoder, pieces)
+
+    def _check_listener_widths(self, width: int, checkpoint: Optional[Union[str, Path]]) -> None:
+        for listener in self.listeners:
+            if listener.has_dim("nO") and listener.get_dim("nO") != width:
+                source = f"the checkpoint {checkpoint}" if checkpoint else "the model config"
+                raise ValueError(
+                    f"{source} gives {self.name} a width of {width}, but a listener expects "
+                    f"{listener.get_dim('nO')}: set the listeners' `width` (and "
+                    f"[components.{self.name}.model] hidden_width) to {width}"
+                )
+
+    def update(
+        self,
+        examples: Iterable[Example],
+        *,
+        drop: float = 0.0,
+        sgd: Optional[Optimizer] = None,
+        losses: Optional[Dict[str, float]] = None,
+    ) -> Dict[str, float]:
+        if not self.cfg["frozen"]:
+            return super().update(examples, drop=drop, sgd=sgd, losses=losses)
+        losses = {} if losses is None else losses
+        docs = [eg.predicted for eg in examples]
+        tokvecs = self.predict(docs)
+        batch_id = Tok2VecListener.get_batch_id(docs)
+        for listener in self.listeners:
+            listener.receive(batch_id, tokvecs, lambda d_tokvecs: [])
+        return losses
+
+    def finish_update(self, sgd: Optimizer) -> None:
+        if not self.cfg["frozen"]:
+            super().finish_update(sgd)
+
+    # The weights and vocabulary are stored as a checkpoint folder in HF format, so a saved
+    # pipeline never needs the folder it was initialized from.
+
+    def to_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> None:
+        serialize = {
+            "cfg": lambda p: srsly.write_json(p, self.cfg),
+            "vocab": lambda p: self.vocab.to_disk(p, exclude=exclude),
+            "model": lambda p: save_checkpoint(p, get_encoder(self.model), self.model.attrs["pieces"]),
+        }
+        util.to_disk(path, serialize, exclude)
+
+    def from_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> "BertEncoderComponent":
+        path = Path(path)
+        deserialize = {
+            "cfg": lambda p: self._load_cfg(srsly.read_json(p), p),
+            "vocab": lambda p: self.vocab.from_disk(p, exclude=exclude),
+            "model": self._load_model,
+        }
+        util.from_disk(path, deserialize, exclude)
+        return self
+
+    def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:
+        with tempfile.TemporaryDirectory() as tmp:
+            self.to_disk(tmp, exclude=exclude)
+            return srsly.msgpack_dumps(_read_tree(Path(tmp)))
+
+    def from_bytes(self, bytes_data: bytes, *, exclude: Iterable[str] = tuple()) -> "BertEncoderComponent":
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, data in srsly.msgpack_loads(bytes_data).items():
+                (Path(tmp) / name).parent.mkdir(parents=True, exist_ok=True)
+                (Path(tmp) / name).write_bytes(data)
+            return self.from_disk(tmp, exclude=exclude)
+
+    def _load_cfg(self, cfg: dict, path: Path) -> None:
+        saved_major = str(cfg.get("plugin_version", "0")).split(".")[0]
+        if saved_major != __version__.split(".")[0]:
+            raise CheckpointError(
+                f"{path}: this pipeline was saved by spacy-bert-plugin {cfg.get('plugin_version')}, "
+                f"which is incompatible with the installed {__version__}; retrain it or install "
+                f"spacy-bert-plugin=={cfg.get('plugin_version')}"
+            )
+        self.cfg.update(cfg)
+        self.cfg["plugin_version"] = __version__
+
+    def _load_model(self, path: Path) -> None:
+        pretrained, pieces = load_checkpoint(path)
+        set_encoder(self.model, pretrained.encoder, pieces)
+
+
+def _read_tree(root: Path) -> Dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
