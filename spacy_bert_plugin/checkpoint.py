@@ -7,13 +7,13 @@ A folder holds `config.json`, `model.safetensors` (or `pytorch_model.bin`), `voc
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor
 
 from .bert.config import BertConfig
@@ -115,9 +115,13 @@ def save_checkpoint(
     state = model.state_dict()
     if isinstance(model, BertEncoder):
         state = {f"encoder.{key}": value for key, value in state.items()}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    # Not tempfile.mkdtemp, nor safetensors' save_file: both create owner-only files, and a
+    # saved pipeline must stay readable by other users (shared folders, container images).
+    tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex}")
+    tmp.mkdir()
     try:
-        save_file(to_hf_state(state, model.config.num_layers), tmp / SAFETENSORS_FILE, metadata={"format": "pt"})
+        hf_state = to_hf_state(state, model.config.num_layers)
+        (tmp / SAFETENSORS_FILE).write_bytes(save(hf_state, metadata={"format": "pt"}))
         (tmp / CONFIG_FILE).write_text(json.dumps(model.config.to_hf(), indent=2))
         pieces.to_disk(tmp)
         if write_extra is not None:

