@@ -5,7 +5,7 @@ is empty (b_start == b_end) when no pair objective is used. Each sequence is
 `[CLS] A [SEP] B [SEP]` (or `[CLS] A [SEP]`).
 """
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import numpy
 
@@ -24,7 +24,19 @@ class Batch:
     word_start: numpy.ndarray
     pair_labels: numpy.ndarray  # 1 = B follows A (NSP) / segments swapped (SOP)
     n_pieces: int  # real pieces, without padding
-    extra: Dict[str, Any] = field(default_factory=dict)  # what objectives prepare for their loss
+    extra: Dict[str, numpy.ndarray] = field(default_factory=dict)  # per-row arrays objectives prepare
+
+    def rows(self, selection: slice) -> "Batch":
+        """The batch restricted to some rows (a data-parallel rank's share)."""
+        mask = self.padding_mask[selection] if self.padding_mask is not None else None
+        n_pieces = int(mask.sum()) if mask is not None else self.input_ids[selection].size
+        if mask is not None and mask.all():
+            mask = None
+        return Batch(
+            self.input_ids[selection], self.token_type_ids[selection], mask, self.maskable[selection],
+            self.word_start[selection], self.pair_labels[selection], n_pieces,
+            {key: value[selection] for key, value in self.extra.items()},
+        )
 
 
 def make_instances(
@@ -49,24 +61,35 @@ def make_instances(
                 instances.append((sent[i], min(sent[j], sent[i] + budget), 0, 0, 0))
                 i = j
                 continue
-            split = i + 1 if j - i < 2 else int(rng.integers(i + 1, j))
-            a = (int(sent[i]), int(sent[split]))
-            b = (int(sent[split]), int(sent[j]))
-            label = 0
-            if pairing == "next" and (j - i < 2 or rng.random() < 0.5) and corpus.n_docs > 1:
+            label = int(rng.random() < 0.5)
+            if j - i >= 2:
+                split = int(rng.integers(i + 1, j))
+                middle = int(sent[split])
+            else:  # one sentence: cut it at a word start near its middle
+                split, middle = j, _middle_word_start(corpus, int(sent[i]), int(sent[j]))
+            a, b = (int(sent[i]), middle), (middle, int(sent[j]))
+            if pairing == "next" and (label == 1 or b[0] == b[1]) and corpus.n_docs > 1:
                 b = _random_segment(corpus, d, target - (a[1] - a[0]), rng)
                 label = 1
                 j = split  # the unused sentences start the next instance
-            elif pairing == "order" and j - i >= 2 and rng.random() < 0.5:
-                a, b = b, a
-                label = 1
-            if b[1] == b[0] and pairing == "order":
+            elif b[0] == b[1]:  # a one-word chunk cannot be split into a pair
                 i = j
                 continue
+            elif pairing == "order" and label == 1:
+                a, b = b, a
             a, b = _truncate_pair(a, b, budget, rng)
             instances.append((a[0], a[1], b[0], b[1], label))
             i = j
     return numpy.asarray(instances, dtype=numpy.int64).reshape(-1, 5)
+
+
+def _middle_word_start(corpus: PieceCorpus, start: int, end: int) -> int:
+    """The word start nearest the middle of pieces start:end (`end` if there is only one word)."""
+    word_starts = start + numpy.flatnonzero(corpus.word_start[start:end])
+    inner = word_starts[word_starts > start]
+    if not len(inner):
+        return end
+    return int(inner[numpy.abs(inner - (start + end) / 2).argmin()])
 
 
 def _random_segment(corpus: PieceCorpus, not_doc: int, target: int, rng: numpy.random.Generator) -> tuple:
@@ -95,11 +118,12 @@ def _truncate_pair(a: tuple, b: tuple, budget: int, rng: numpy.random.Generator)
 
 
 def bucket_batches(
-    instances: numpy.ndarray, batch_tokens: int, rng: numpy.random.Generator, pool_batches: int = 50
+    instances: numpy.ndarray, batch_tokens: int, rng: numpy.random.Generator, min_rows: int = 1, pool_batches: int = 50
 ) -> List[numpy.ndarray]:
     """Shuffle, then sort pools of about `pool_batches` batches by length and cut them into
     batches of at most `batch_tokens` padded pieces, so padding stays small; batch order is
-    shuffled again. Returns index arrays into `instances`."""
+    shuffled again. Every batch has at least `min_rows` rows (one per data-parallel rank): a
+    shorter pool remainder is dropped. Returns index arrays into `instances`."""
     order = rng.permutation(len(instances))
     lengths = _lengths(instances)
     mean_length = max(1.0, float(lengths.mean())) if len(lengths) else 1.0
@@ -110,8 +134,9 @@ def bucket_batches(
         chunk = chunk[numpy.argsort(-lengths[chunk], kind="stable")]
         i = 0
         while i < len(chunk):
-            size = max(1, batch_tokens // int(lengths[chunk[i]]))
-            batches.append(chunk[i : i + size])
+            size = max(min_rows, batch_tokens // int(lengths[chunk[i]]))
+            if len(chunk) - i >= min_rows:
+                batches.append(chunk[i : i + size])
             i += size
     return [batches[i] for i in rng.permutation(len(batches))]
 
@@ -151,7 +176,8 @@ def build_batch(corpus: PieceCorpus, instances: numpy.ndarray, cls_id: int, sep_
 
 
 def iterate_batches(
-    corpus: PieceCorpus, max_length: int, pairing: Optional[str], batch_tokens: int, seed: int, start_epoch: int = 0
+    corpus: PieceCorpus, max_length: int, pairing: Optional[str], batch_tokens: int, seed: int,
+    start_epoch: int = 0, min_rows: int = 1,
 ) -> Iterator[tuple]:
     """(epoch, index in epoch, instance indices) forever; each epoch's instances and batch order
     come from `seed` and the epoch number alone, so a resumed run sees the same stream."""
@@ -161,6 +187,6 @@ def iterate_batches(
         instances = make_instances(corpus, max_length, pairing, rng)
         if not len(instances):
             raise ValueError("the training corpus yields no sequences: it has no text with pieces")
-        for i, batch in enumerate(bucket_batches(instances, batch_tokens, rng)):
+        for i, batch in enumerate(bucket_batches(instances, batch_tokens, rng, min_rows)):
             yield epoch, i, instances[batch]
         epoch += 1

@@ -14,7 +14,7 @@ import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, TextIO, Tuple
+from typing import Dict, List, Optional, TextIO, Tuple
 
 import numpy
 import torch
@@ -35,6 +35,9 @@ from .settings import PretrainingSettings, cache_root, read_settings
 FACTORY = "bert_encoder"
 STATE_FILE = "training_state.pt"
 LOG_FILE = "log.jsonl"
+# Batches have at least this many sequences, however long; with up to this many data-parallel
+# ranks the batch stream is the same as in one process.
+MIN_BATCH_ROWS = 8
 
 
 class PretrainingError(RuntimeError):
@@ -122,113 +125,154 @@ def pretrain(
         _check_output_dir(output_dir, model)
     train_corpus, heldout_corpus = _piece_corpora(raw_text, nlp, pieces, settings, dist, stdout)
 
-    pairing = next((obj.pairing for obj in settings.objectives.values() if obj.pairing), None)
-    if pairing is None:  # BERT's pooler and pair head get no gradient without a pair objective
-        model.encoder.pooler.requires_grad_(False)
-        model.nsp_head.requires_grad_(False)
-    model.to(device)
-    step_module: nn.Module = PretrainingModel(model, settings.objectives, settings.autocast)
-    if settings.compile:
-        step_module = torch.compile(step_module, dynamic=True)
-    if dist.world > 1:
-        step_module = nn.parallel.DistributedDataParallel(
-            step_module, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    optimizer = _optimizer(model, settings, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=settings.autocast == "fp16")
-
-    state = {"step": 0, "tokens": 0, "epoch": 0, "batch_in_epoch": 0, "best_eval_loss": math.inf, "skipped_steps": 0}
-    if resume:
-        saved = torch.load(last_dir / STATE_FILE, map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(saved.pop("optimizer"))
-        torch.set_rng_state(saved.pop("torch_rng"))
-        state.update(saved)
-    log = _Log(output_dir / LOG_FILE, state["step"], dist.is_main, stdout, settings.max_steps)
-
-    stream = _skip(
-        iterate_batches(train_corpus, settings.max_length, pairing, settings.batch_tokens, settings.seed, state["epoch"]),
-        state["batch_in_epoch"],
-    )
-    interrupted = _InterruptFlag()
-
-    def save_last() -> None:
-        if dist.is_main:
-            save_checkpoint(last_dir, model, pieces, write_extra=lambda folder: _save_state(folder, state, optimizer))
-        dist.barrier()
-
-    bad_in_row = 0
-    window: List[Dict[str, float]] = []
-    started, window_tokens = time.perf_counter(), 0
-    while state["step"] < settings.max_steps and not interrupted.set:
-        step = state["step"]
-        _set_learning_rate(optimizer, settings, step)
-        step_metrics: Dict[str, Tensor] = {}
-        total_loss = torch.zeros((), device=device)
-        step_tokens = 0
-        for micro in range(settings.grad_accumulation):
-            epoch, index, instances = next(stream)
-            batch = build_batch(train_corpus, instances[dist.rank :: dist.world], pieces.cls_id, pieces.sep_id, pieces.pad_id)
-            rng = numpy.random.default_rng([settings.seed, step, micro, dist.rank])
-            for objective in settings.objectives.values():
-                objective.prepare(batch, pieces, rng)
-            sync = micro == settings.grad_accumulation - 1 or dist.world == 1
-            with nullcontext() if sync else step_module.no_sync():
-                loss, metrics = step_module(_to_tensors(batch, device), batch)
-                scaler.scale(loss / settings.grad_accumulation).backward()
-            total_loss += loss.detach() / settings.grad_accumulation
-            for key, value in metrics.items():
-                step_metrics[key] = step_metrics.get(key, 0) + value / settings.grad_accumulation
-            step_tokens += batch.n_pieces * dist.world
-            state["epoch"], state["batch_in_epoch"] = epoch, index + 1
-        if not bool(torch.isfinite(total_loss)):
-            optimizer.zero_grad(set_to_none=True)
-            state["skipped_steps"] += 1
-            bad_in_row += 1
-            log.warn(f"step {step}: non-finite loss ({float(total_loss)}); step skipped")
-            if bad_in_row >= settings.max_bad_steps:
-                raise PretrainingError(
-                    f"{bad_in_row} steps in a row had a non-finite loss (at step {step}); stopped without "
-                    f"overwriting {last_dir}. Lower [bert_pretraining.optimizer] learning_rate, or check the data"
-                )
-            continue
-        bad_in_row = 0
-        if settings.optimizer.grad_clip:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.optimizer.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        state["step"] += 1
-        state["tokens"] += step_tokens
-        window_tokens += step_tokens
-        window.append({key: float(value) for key, value in step_metrics.items()})
-
-        if state["step"] % settings.log_every == 0 or state["step"] == settings.max_steps:
-            elapsed = time.perf_counter() - started
-            averaged = dist.mean({key: sum(w[key] for w in window) / len(window) for key in window[0]})
-            log.write(
-                step=state["step"], epoch=state["epoch"], tokens=state["tokens"], lr=optimizer.param_groups[0]["lr"],
-                **averaged, tokens_per_s=window_tokens / max(elapsed, 1e-9), skipped_steps=state["skipped_steps"],
-            )
-            window, started, window_tokens = [], time.perf_counter(), 0
-        if state["step"] % settings.eval_every == 0 or state["step"] == settings.max_steps:
-            if dist.is_main and heldout_corpus.n_docs:
-                scores = evaluate(model, heldout_corpus, pieces, settings, pairing, device)
-                log.write(step=state["step"], **scores)
-                if scores["eval_mlm_loss"] < state["best_eval_loss"]:
-                    state["best_eval_loss"] = scores["eval_mlm_loss"]
-                    save_checkpoint(best_dir, model, pieces)
-            dist.barrier()
-        if state["step"] % settings.save_every == 0:
-            save_last()
-    save_last()
-    if dist.is_main and not best_dir.exists():
-        save_checkpoint(best_dir, model, pieces)  # no held-out docs: the last model is the best we know
-    log.close()
+    saved_state = torch.load(last_dir / STATE_FILE, map_location="cpu", weights_only=True) if resume else None
+    trainer = Trainer(model, pieces, settings, train_corpus, heldout_corpus, output_dir, device, dist, stdout, saved_state)
+    with _InterruptFlag() as interrupted:
+        trainer.run(interrupted)
     if interrupted.set:
-        log.warn(f"interrupted at step {state['step']}: state saved in {last_dir}; continue with --resume")
+        trainer.log.warn(f"interrupted at step {trainer.state['step']}: state saved in {last_dir}; continue with --resume")
         raise SystemExit(130)
     return last_dir
+
+
+class Trainer:
+    """One pretraining run: model, optimizer, batch stream and the state that --resume restores."""
+
+    def __init__(
+        self, model: BertForPretraining, pieces: WordPieces, settings: PretrainingSettings,
+        train_corpus: PieceCorpus, heldout_corpus: PieceCorpus, output_dir: Path, device: torch.device,
+        dist: Distributed, stdout: TextIO, saved_state: Optional[dict] = None,
+    ):
+        self.model, self.pieces, self.settings = model, pieces, settings
+        self.train_corpus, self.heldout_corpus = train_corpus, heldout_corpus
+        self.last_dir, self.best_dir = output_dir / "model-last", output_dir / "model-best"
+        self.device, self.dist = device, dist
+        self.pairing = next((obj.pairing for obj in settings.objectives.values() if obj.pairing), None)
+        if self.pairing is None:  # the pooler and pair head get no gradient without a pair objective
+            model.encoder.pooler.requires_grad_(False)
+            model.nsp_head.requires_grad_(False)
+        model.to(device)
+        step_module: nn.Module = PretrainingModel(model, settings.objectives, settings.autocast)
+        if settings.compile:
+            step_module = torch.compile(step_module, dynamic=True)
+        if dist.world > 1:
+            step_module = nn.parallel.DistributedDataParallel(
+                step_module, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        self.step_module = step_module
+        self.optimizer = _optimizer(model, settings, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=settings.autocast == "fp16")
+        self.state = {"step": 0, "tokens": 0, "epoch": 0, "batch_in_epoch": 0, "best_eval_loss": math.inf, "skipped_steps": 0}
+        if saved_state is not None:
+            saved_state = dict(saved_state)
+            self.optimizer.load_state_dict(saved_state.pop("optimizer"))
+            torch.set_rng_state(saved_state.pop("torch_rng"))
+            self.state.update(saved_state)
+        self.log = _Log(output_dir / LOG_FILE, self.state["step"], dist.is_main, stdout, settings.max_steps)
+        stream = iterate_batches(
+            train_corpus, settings.max_length, self.pairing, settings.batch_tokens, settings.seed,
+            self.state["epoch"], min_rows=max(MIN_BATCH_ROWS, dist.world),
+        )
+        for _ in range(self.state["batch_in_epoch"]):
+            next(stream)
+        self.stream = stream
+
+    def run(self, interrupted: "_InterruptFlag") -> None:
+        settings, state = self.settings, self.state
+        bad_in_row = 0
+        window: List[Dict[str, float]] = []
+        started, window_tokens = time.perf_counter(), 0
+        while state["step"] < settings.max_steps and not interrupted.set:
+            metrics, tokens = self.train_step()
+            if metrics is None:
+                bad_in_row += 1
+                if bad_in_row >= settings.max_bad_steps:
+                    raise PretrainingError(
+                        f"{bad_in_row} steps in a row had a non-finite loss (up to step {state['step']}); stopped "
+                        f"without overwriting {self.last_dir}. Lower [bert_pretraining.optimizer] learning_rate, "
+                        "or check the data"
+                    )
+                continue
+            bad_in_row = 0
+            window.append(metrics)
+            window_tokens += tokens
+            step = state["step"]
+            if step % settings.log_every == 0 or step == settings.max_steps:
+                averaged = self.dist.mean({key: sum(w[key] for w in window) / len(window) for key in window[0]})
+                self.log.write(
+                    step=step, epoch=state["epoch"], tokens=state["tokens"], lr=self.optimizer.param_groups[0]["lr"],
+                    **averaged, tokens_per_s=window_tokens / max(time.perf_counter() - started, 1e-9),
+                    skipped_steps=state["skipped_steps"],
+                )
+                window, started, window_tokens = [], time.perf_counter(), 0
+            if step % settings.eval_every == 0 or step == settings.max_steps:
+                self.evaluate_and_keep_best()
+            if step % settings.save_every == 0:
+                self.save_last()
+        self.save_last()
+        if self.dist.is_main and not self.best_dir.exists():
+            save_checkpoint(self.best_dir, self.model, self.pieces)  # no held-out docs: the last is the best we know
+        self.log.close()
+
+    def train_step(self) -> Tuple[Optional[Dict[str, float]], int]:
+        """One optimizer step over `grad_accumulation` batches: (metrics or None if the loss was
+        not finite and the step was skipped, pieces seen)."""
+        settings, state, dist = self.settings, self.state, self.dist
+        _set_learning_rate(self.optimizer, settings, state["step"])
+        metrics: Dict[str, Tensor] = {}
+        total_loss = torch.zeros((), device=self.device)
+        tokens = 0
+        for micro in range(settings.grad_accumulation):
+            epoch, index, instances = next(self.stream)
+            batch = build_batch(self.train_corpus, instances, self.pieces.cls_id, self.pieces.sep_id, self.pieces.pad_id)
+            # Masks depend on the step alone, so a resumed run masks exactly as an uninterrupted
+            # one, and data-parallel ranks mask their rows as one process would.
+            rng = numpy.random.default_rng([settings.seed, state["step"], micro])
+            for objective in settings.objectives.values():
+                objective.prepare(batch, self.pieces, rng)
+            tokens += batch.n_pieces
+            if dist.world > 1:
+                batch = batch.rows(slice(dist.rank, None, dist.world))
+            last_micro = micro == settings.grad_accumulation - 1
+            with nullcontext() if last_micro or dist.world == 1 else self.step_module.no_sync():
+                loss, parts = self.step_module(_to_tensors(batch, self.device), batch)
+                self.scaler.scale(loss / settings.grad_accumulation).backward()
+            total_loss += loss.detach() / settings.grad_accumulation
+            for key, value in parts.items():
+                metrics[key] = metrics.get(key, 0) + value / settings.grad_accumulation
+            state["epoch"], state["batch_in_epoch"] = epoch, index + 1
+        if not bool(torch.isfinite(total_loss)):
+            self.optimizer.zero_grad(set_to_none=True)
+            state["skipped_steps"] += 1
+            self.log.warn(f"step {state['step']}: non-finite loss ({float(total_loss)}); step skipped")
+            return None, tokens
+        if settings.optimizer.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), settings.optimizer.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        state["step"] += 1
+        state["tokens"] += tokens
+        return {key: float(value) for key, value in metrics.items()}, tokens
+
+    def evaluate_and_keep_best(self) -> None:
+        if self.dist.is_main and self.heldout_corpus.n_docs:
+            scores = evaluate(self.model, self.heldout_corpus, self.pieces, self.settings, self.pairing, self.device)
+            self.log.write(step=self.state["step"], **scores)
+            if scores["eval_mlm_loss"] < self.state["best_eval_loss"]:
+                self.state["best_eval_loss"] = scores["eval_mlm_loss"]
+                save_checkpoint(self.best_dir, self.model, self.pieces)
+        self.dist.barrier()
+
+    def save_last(self) -> None:
+        if self.dist.is_main:
+            save_checkpoint(self.last_dir, self.model, self.pieces, write_extra=self._save_state)
+        self.dist.barrier()
+
+    def _save_state(self, folder: Path) -> None:
+        state = {**self.state, "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
+        torch.save(state, folder / STATE_FILE)
 
 
 @torch.no_grad()
@@ -349,16 +393,6 @@ def _to_tensors(batch: Batch, device: torch.device) -> Dict[str, Tensor]:
     return tensors
 
 
-def _save_state(folder: Path, state: dict, optimizer: torch.optim.Optimizer) -> None:
-    torch.save({**state, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, folder / STATE_FILE)
-
-
-def _skip(stream: Iterator, n: int) -> Iterator:
-    for _ in range(n):
-        next(stream)
-    return stream
-
-
 def _device(gpu_id: int, dist: Distributed) -> torch.device:
     if gpu_id < 0:
         return torch.device("cpu")
@@ -408,12 +442,20 @@ def _check_output_dir(output_dir: Path, model: BertForPretraining) -> None:
 
 
 class _InterruptFlag:
-    """Ctrl-C (SIGINT) ends the run after the current step, with its state saved."""
+    """While active, Ctrl-C (SIGINT) ends the run after the current step, with its state saved."""
 
     def __init__(self) -> None:
         self.set = False
+        self.previous = None
+
+    def __enter__(self) -> "_InterruptFlag":
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, self._handle)
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
     def _handle(self, signum, frame) -> None:
         self.set = True

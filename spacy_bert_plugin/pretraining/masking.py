@@ -7,11 +7,13 @@ import numpy
 MASK_UNITS = ("piece", "word", "span")
 
 
+NOT_MASKED = -100  # label of the positions the loss ignores (as in Hugging Face)
+
+
 @dataclass
 class Masked:
     input_ids: numpy.ndarray  # (batch, length) with the chosen positions replaced
-    positions: numpy.ndarray  # flat indices into (batch * length) of the chosen positions
-    labels: numpy.ndarray  # the original piece ids at those positions
+    labels: numpy.ndarray  # (batch, length): the original piece id where chosen, else NOT_MASKED
 
 
 def mask_pieces(
@@ -45,21 +47,30 @@ def mask_pieces(
     if not chosen.any() and flat_maskable.any():
         chosen[rng.choice(numpy.flatnonzero(flat_maskable))] = True
     positions = numpy.flatnonzero(chosen)
-    labels = input_ids.ravel()[positions]
+    labels = numpy.full(input_ids.size, NOT_MASKED, dtype=numpy.int64)
+    labels[positions] = input_ids.ravel()[positions]
     replaced = input_ids.copy().ravel()
     action = rng.random(len(positions))
     replaced[positions[action < 0.8]] = mask_id
     randomized = positions[(action >= 0.8) & (action < 0.9)]
     replaced[randomized] = rng.integers(random_ids[0], random_ids[1], len(randomized))
-    return Masked(replaced.reshape(input_ids.shape), positions, labels)
+    return Masked(replaced.reshape(input_ids.shape), labels.reshape(input_ids.shape))
 
 
 def _span_units(n_units: int, rate: float, mean_span_words: float, rng: numpy.random.Generator) -> numpy.ndarray:
-    """SpanBERT-style spans: starts drawn so that spans of geometric length (mean
-    `mean_span_words`, at most 10) cover about `rate` of the words."""
+    """SpanBERT-style spans of geometric length (mean `mean_span_words`, at most 10) at random
+    starts, added until they cover `rate` of the words (overlaps count once)."""
     chosen = numpy.zeros(n_units, dtype=bool)
-    starts = numpy.flatnonzero(rng.random(n_units) < rate / mean_span_words)
-    lengths = numpy.minimum(rng.geometric(1.0 / mean_span_words, len(starts)), 10)
-    for start, length in zip(starts, lengths):
-        chosen[start : start + length] = True
+    budget = int(round(rate * n_units))
+    covered = 0
+    while covered < budget:
+        n_spans = max(1, int((budget - covered) / mean_span_words))
+        starts = rng.integers(0, n_units, n_spans)
+        lengths = numpy.minimum(rng.geometric(1.0 / mean_span_words, n_spans), 10)
+        for start, length in zip(starts, lengths):
+            covered -= int(chosen[start : start + length].sum())
+            chosen[start : start + length] = True
+            covered += len(chosen[start : start + length])
+            if covered >= budget:
+                break
     return chosen

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from ..bert.heads import BertForPretraining
 from ..pieces import WordPieces
 from .instances import Batch
-from .masking import MASK_UNITS, mask_pieces
+from .masking import MASK_UNITS, NOT_MASKED, mask_pieces
 
 if not hasattr(registry, "bert_objectives"):
     registry.create("bert_objectives", entry_points=True)
@@ -64,13 +64,14 @@ class MaskedLanguageModel(Objective):
             mean_span_words=self.mean_span_words,
         )
         batch.input_ids = masked.input_ids
-        batch.extra["mlm_positions"] = masked.positions
         batch.extra["mlm_labels"] = masked.labels
 
     def loss(self, model: BertForPretraining, hidden: Tensor, batch: Batch) -> Tuple[Tensor, Metrics]:
         device = hidden.device
-        positions = torch.from_numpy(batch.extra["mlm_positions"]).to(device)
-        labels = torch.from_numpy(batch.extra["mlm_labels"]).to(device)
+        flat_labels = batch.extra["mlm_labels"].ravel()
+        positions = numpy.flatnonzero(flat_labels != NOT_MASKED)
+        labels = torch.from_numpy(flat_labels[positions]).to(device)
+        positions = torch.from_numpy(positions).to(device)
         # Vocabulary logits only at the masked positions.
         selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
         logits = model.mlm_head(selected, model.encoder.embeddings.word.weight).float()
