@@ -1,0 +1,52 @@
+import pytest
+from spacy import util
+
+from spacy_bert_plugin.pretraining.settings import SettingsError, read_settings
+
+from conftest import REPO_ROOT
+
+PRETRAIN_CFG = REPO_ROOT / "configs" / "pretrain.cfg"
+
+
+def settings_with(**overrides):
+    return read_settings(util.load_config(PRETRAIN_CFG, overrides=overrides, interpolate=True))
+
+
+def test_shipped_config_validates():
+    settings = settings_with()
+    assert set(settings.objectives) == {"mlm", "nsp"}
+    assert settings.objectives["mlm"].mask_rate == 0.15
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("bert_pretraining.max_steps", "many", "max_steps"),
+        ("bert_pretraining.batch_tokens", -5, "batch_tokens"),
+        ("bert_pretraining.autocast", "int4", "autocast"),
+        ("bert_pretraining.optimizer.decay", "exponential", "optimizer.decay"),
+        ("bert_pretraining.bad_lines", "ignore", "bad_lines"),
+    ],
+)
+def test_wrong_values_are_named(key, value, message):
+    with pytest.raises(SettingsError, match=message):
+        settings_with(**{key: value})
+
+
+def test_unknown_key_is_rejected():
+    with pytest.raises(SettingsError, match="max_stepz"):
+        settings_with(**{"bert_pretraining.max_stepz": 3})
+
+
+def test_two_pair_objectives_are_rejected():
+    config = util.load_config(PRETRAIN_CFG, interpolate=True)
+    config["bert_pretraining"]["objectives"]["sop"] = {"@bert_objectives": "spacy_bert_plugin.SOP.v1"}
+    with pytest.raises(SettingsError, match="at most one segment-pair objective"):
+        read_settings(config)
+
+
+def test_missing_section():
+    config = util.load_config(PRETRAIN_CFG, interpolate=True)
+    del config["bert_pretraining"]
+    with pytest.raises(SettingsError, match=r"no \[bert_pretraining\] section"):
+        read_settings(config)
