@@ -362,7 +362,7 @@ def _piece_corpora(
 
 def _optimizer(model: BertForPretraining, settings: PretrainingSettings, device: torch.device) -> torch.optim.Optimizer:
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 else decay).append(param)  # no decay on biases and LayerNorm
     opt = settings.optimizer

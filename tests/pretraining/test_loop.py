@@ -30,6 +30,14 @@ def read_log(output_dir: Path):
     return [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()]
 
 
+def without_timing(rows):
+    return [{key: value for key, value in row.items() if key != "tokens_per_s"} for row in rows]
+
+
+def training_rows(output_dir: Path):
+    return [row for row in read_log(output_dir) if "mlm_loss" in row]
+
+
 def weights(folder: Path):
     return load_file(folder / "model.safetensors")
 
@@ -44,8 +52,7 @@ def test_resume_ends_where_an_uninterrupted_run_ends(alice_corpus, tmp_path):
     expected, got = weights(straight / "model-last"), weights(split / "model-last")
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6, msg=key)
-    drop_timing = lambda rows: [{k: v for k, v in row.items() if k != "tokens_per_s"} for row in rows]
-    assert drop_timing(read_log(split)) == drop_timing(read_log(straight))
+    assert without_timing(read_log(split)) == without_timing(read_log(straight))
 
 
 def test_nan_losses_are_skipped_then_stop_the_run(alice_corpus, tmp_path):
@@ -124,7 +131,7 @@ def test_sigkill_never_leaves_a_broken_checkpoint(alice_corpus, tmp_path):
     # Save every step, so the kill likely lands during a save at some point.
     args = cli_overrides(alice_corpus, tmp_path / "cache", **{"bert_pretraining.max_steps": 12, "bert_pretraining.save_every": 1})
     rng = numpy.random.default_rng(0)
-    for attempt in range(3):
+    for _ in range(3):
         process = cli(PRETRAIN_CFG, out, *args, *(["--resume"] if (out / "model-last").exists() else []))
         _wait_for_log(out, process)
         time.sleep(float(rng.uniform(0, 1.5)))
@@ -170,8 +177,7 @@ def test_two_process_ddp_follows_the_single_process_curve(alice_corpus, tmp_path
         capture_output=True, text=True, timeout=300, env=env,
     )
     assert ddp.returncode == 0, ddp.stdout + ddp.stderr
-    curve = lambda out: [row for row in read_log(out) if "mlm_loss" in row]
-    single_rows, ddp_rows = curve(tmp_path / "single"), curve(tmp_path / "ddp")
+    single_rows, ddp_rows = training_rows(tmp_path / "single"), training_rows(tmp_path / "ddp")
     assert [r["step"] for r in ddp_rows] == [r["step"] for r in single_rows] == [1, 2, 3, 4, 5]
     assert [r["tokens"] for r in ddp_rows] == [r["tokens"] for r in single_rows]
     for one, two in zip(single_rows, ddp_rows):
