@@ -52,7 +52,8 @@ def load_checkpoint(folder: Union[str, Path]) -> Tuple[BertForPretraining, WordP
     model = BertForPretraining(config)
     state, missing = from_hf_state(hf_state, config.num_layers)
     expected = model.state_dict()
-    missing_encoder = [key for key in missing if key.startswith("bert.")]
+    # The pooler only feeds next-sentence prediction, and BertForMaskedLM checkpoints lack it.
+    missing_encoder = [key for key in missing if key.startswith("bert.") and not key.startswith("bert.pooler.")]
     if missing_encoder:
         raise CheckpointError(
             f"{weights_path} lacks {len(missing_encoder)} encoder weights, e.g. {missing_encoder[:3]}; "
@@ -72,9 +73,13 @@ def read_config(path: Path) -> BertConfig:
     if not path.exists():
         raise CheckpointError(f"{path} is missing: a BERT checkpoint folder needs its config.json")
     try:
-        return BertConfig.from_hf(json.loads(path.read_text(encoding="utf8")))
+        hf_config = json.loads(path.read_text(encoding="utf8"))
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path} is not valid JSON ({err}); the file may be truncated") from err
+    if not isinstance(hf_config, dict):
+        raise CheckpointError(f"{path} should hold a JSON object, not a {type(hf_config).__name__}")
+    try:
+        return BertConfig.from_hf(hf_config)
     except KeyError as err:
         raise CheckpointError(f"{path} lacks the key {err}, needed to build the model") from err
     except (TypeError, ValueError) as err:
@@ -92,12 +97,16 @@ def read_weights(folder: Path) -> Tuple[Path, Dict[str, Tensor]]:
     path = folder / PICKLE_FILE
     if path.exists():
         try:
-            return path, torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises several types for broken or unsafe pickles
             raise CheckpointError(
                 f"{path} cannot be read safely ({type(err).__name__}: {err}); it is truncated, corrupt "
                 "or holds objects other than tensors"
             ) from err
+        # weights_only also admits lists, numbers and strings, which are no state dict.
+        if not (isinstance(state, dict) and all(isinstance(value, Tensor) for value in state.values())):
+            raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict of named tensors")
+        return path, state
     raise CheckpointError(f"{folder} has neither {SAFETENSORS_FILE} nor {PICKLE_FILE}")
 
 
@@ -122,8 +131,13 @@ def save_checkpoint(
     try:
         hf_state = to_hf_state(state, model.config.num_layers)
         (tmp / SAFETENSORS_FILE).write_bytes(save(hf_state, metadata={"format": "pt"}))
-        (tmp / CONFIG_FILE).write_text(json.dumps(model.config.to_hf(), indent=2))
-        pieces.to_disk(tmp)
+        hf_config = model.config.to_hf()
+        if isinstance(model, BertEncoder):  # no pretraining heads in the folder
+            hf_config["architectures"] = ["BertModel"]
+        (tmp / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2))
+        # Without model_max_length, HF tokenizers (and spacy-transformers) never truncate, and
+        # long inputs overrun the position embeddings.
+        pieces.to_disk(tmp, model_max_length=model.config.max_positions)
         if write_extra is not None:
             write_extra(tmp)
         _fsync_folder(tmp)

@@ -97,10 +97,14 @@ class WordPieces:
 
     # Files in Hugging Face's layout, so that BertTokenizer(Fast) reads them.
 
-    def to_disk(self, folder: Path) -> None:
+    def to_disk(self, folder: Path, model_max_length: Optional[int] = None) -> None:
+        """`model_max_length`: the model's max positions, which HF tokenizers truncate to."""
         folder = Path(folder)
         (folder / "vocab.txt").write_text("\n".join(self.vocab_list()) + "\n", encoding="utf8")
-        (folder / "tokenizer_config.json").write_text(json.dumps(self.hf_tokenizer_config(), indent=2))
+        config = self.hf_tokenizer_config()
+        if model_max_length is not None:
+            config["model_max_length"] = model_max_length
+        (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
         special = dict(unk_token=UNK, sep_token=SEP, pad_token=PAD, cls_token=CLS, mask_token=MASK)
         (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
 
@@ -129,7 +133,12 @@ class WordPieces:
         lines = vocab_path.read_text(encoding="utf8").splitlines()
         vocab = {token: i for i, token in enumerate(lines)}
         config_path = folder / "tokenizer_config.json"
-        config = json.loads(config_path.read_text(encoding="utf8")) if config_path.exists() else {}
+        try:
+            config = json.loads(config_path.read_text(encoding="utf8")) if config_path.exists() else {}
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{config_path} is not valid JSON ({err}); the file may be truncated") from err
+        if not isinstance(config, dict):
+            raise ValueError(f"{config_path} should hold a JSON object, not a {type(config).__name__}")
         try:
             return cls(
                 vocab,

@@ -135,6 +135,8 @@ class BertEncoderComponent(Tok2Vec):
         if not self.cfg["frozen"]:
             return super().update(examples, drop=drop, sgd=sgd, losses=losses)
         losses = {} if losses is None else losses
+        # spaCy's training loggers read a loss for every trainable component.
+        losses.setdefault(self.name, 0.0)
         docs = [eg.predicted for eg in examples]
         tokvecs = self.predict(docs)
         batch_id = Tok2VecListener.get_batch_id(docs)

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ALICE
+from tiny_bert import ALICE
 
 ALICE_WORDS = ALICE.read_text(encoding="utf8").split()
 

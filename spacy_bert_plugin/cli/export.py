@@ -2,12 +2,12 @@
 from pathlib import Path
 from typing import Optional
 
-import typer
 from spacy import util
 from spacy.cli._util import Arg, Opt, app
 from wasabi import msg
 
-from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..bert.hf import from_hf_state
+from ..checkpoint import CheckpointError, load_checkpoint, read_weights, save_checkpoint
 
 FACTORY = "bert_encoder"
 
@@ -21,12 +21,20 @@ def bert_export_hf_cli(
     """Export the BERT encoder as a Hugging Face folder (config.json, model.safetensors,
     vocab.txt, tokenizer files) that `transformers.BertModel.from_pretrained` and
     spacy-transformers' `transformer` component load."""
+    # The checkpoint replaces OUTPUT_DIR as a whole, so anything already in it would be deleted.
+    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
+        msg.fail(f"{output_dir} already exists and is not an empty folder; choose a new output folder", exits=1)
     try:
         checkpoint = find_checkpoint(source, component)
         model, pieces = load_checkpoint(checkpoint)
+        _, source_state = read_weights(checkpoint)
     except CheckpointError as err:
         msg.fail(str(err), exits=1)
-    save_checkpoint(output_dir, model, pieces)
+    # load_checkpoint fills absent pretraining heads with random weights (a pipeline never stores
+    # them): export those only when the source has them, so that nobody mistakes them for trained.
+    _, missing = from_hf_state(source_state, model.config.num_layers)
+    has_heads = not any(key.startswith("cls.") for key in missing)
+    save_checkpoint(output_dir, model if has_heads else model.encoder, pieces)
     msg.good(f"Wrote {output_dir} ({model.config.num_layers} layers x {model.config.hidden_width}, {pieces.vocab_size} pieces)")
 
 

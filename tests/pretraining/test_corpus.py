@@ -11,8 +11,7 @@ from spacy_bert_plugin.pretraining.corpus import (
 )
 from spacy_bert_plugin.pretraining.loop import pretrain
 
-from conftest import ALICE
-from test_loop import tiny_config
+from pretraining_data import ALICE, tiny_config
 
 
 @pytest.fixture(scope="module")

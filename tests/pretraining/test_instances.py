@@ -3,7 +3,7 @@ import pytest
 
 from spacy_bert_plugin.pretraining.instances import bucket_batches, build_batch, iterate_batches, make_instances
 
-from conftest import synthetic_corpus
+from pretraining_data import synthetic_corpus
 
 CLS, SEP, PAD = 2, 3, 0
 

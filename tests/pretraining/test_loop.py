@@ -16,14 +16,7 @@ from spacy import util
 from spacy_bert_plugin.pretraining import PretrainingError, pretrain
 from spacy_bert_plugin.pretraining.objectives import Objective
 
-from conftest import REPO_ROOT, TINY_OVERRIDES, conll_sentences, write_jsonl
-
-PRETRAIN_CFG = REPO_ROOT / "configs" / "pretrain.cfg"
-
-
-def tiny_config(raw_text: Path, cache: Path, **overrides):
-    values = {**TINY_OVERRIDES, "paths.raw_text": str(raw_text), "bert_pretraining.cache_dir": str(cache), **overrides}
-    return util.load_config(PRETRAIN_CFG, overrides=values, interpolate=False)
+from pretraining_data import PRETRAIN_CFG, REPO_ROOT, TINY_OVERRIDES, conll_sentences, tiny_config, write_jsonl
 
 
 def read_log(output_dir: Path):

@@ -3,9 +3,7 @@ from spacy import util
 
 from spacy_bert_plugin.pretraining.settings import SettingsError, read_settings
 
-from conftest import REPO_ROOT
-
-PRETRAIN_CFG = REPO_ROOT / "configs" / "pretrain.cfg"
+from pretraining_data import PRETRAIN_CFG
 
 
 def settings_with(**overrides):

@@ -1,0 +1,35 @@
+"""Fixtures for the bert_encoder tests (helpers live in tiny_bert.py)."""
+from pathlib import Path
+
+import pytest
+import spacy
+import torch
+
+from tiny_bert import ALICE, bert_nlp, make_hf_checkpoint  # noqa: F401 (ALICE: used by other tests)
+
+# Two cores are shared with other jobs: keep torch from oversubscribing them.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoint(tmp_path_factory) -> Path:
+    """Lower-cased vocabulary, weights in model.safetensors."""
+    return make_hf_checkpoint(tmp_path_factory.mktemp("hf") / "bert")
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoint_bin(tmp_path_factory) -> Path:
+    """Lower-cased vocabulary, weights pickled in pytorch_model.bin."""
+    return make_hf_checkpoint(tmp_path_factory.mktemp("hf_bin") / "bert", safetensors=False, seed=1)
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoint_cased(tmp_path_factory) -> Path:
+    """Cased vocabulary (do_lower_case=False), weights in model.safetensors."""
+    return make_hf_checkpoint(tmp_path_factory.mktemp("hf_cased") / "bert", lowercase=False, seed=2)
+
+
+@pytest.fixture(scope="session")
+def nlp(hf_checkpoint) -> spacy.language.Language:
+    """A blank English pipeline with a bert_encoder initialized from `hf_checkpoint`."""
+    return bert_nlp(hf_checkpoint, hidden_width=32)

@@ -1,0 +1,237 @@
+"""The bert_encoder component: set-up paths, serialization, packaging and bad input."""
+import os
+import shutil
+import stat
+import tarfile
+
+import numpy
+import pytest
+import spacy
+from spacy.tokens import Doc
+from spacy.training import Example
+
+from tiny_bert import alice_paragraphs, bert_nlp, run_python
+
+transformers = pytest.importorskip("transformers")
+
+TINY_MODEL = {
+    "@architectures": "spacy_bert_plugin.BertEncoder.v1",
+    "hidden_width": 32,
+    "num_layers": 1,
+    "num_heads": 2,
+    "intermediate_width": 64,
+    "max_positions": 64,
+}
+
+CONFIG = """
+[paths]
+init_bert = null
+
+[nlp]
+lang = "en"
+pipeline = ["bert_encoder"]
+
+[components]
+
+[components.bert_encoder]
+factory = "bert_encoder"
+checkpoint = {factory_checkpoint}
+
+[components.bert_encoder.model]
+@architectures = "spacy_bert_plugin.BertEncoder.v1"
+hidden_width = 32
+
+[initialize]
+
+[initialize.components]
+
+[initialize.components.bert_encoder]
+checkpoint = ${{paths.init_bert}}
+"""
+
+TEXTS = [alice_paragraphs()[0], "Dinah'll miss me very much to-night, I should think!"]
+
+
+def vectors(nlp, texts=TEXTS):
+    return [doc.tensor for doc in nlp.pipe(texts)]
+
+
+def assert_same_vectors(a, b) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        numpy.testing.assert_array_equal(x, y)
+
+
+def test_to_disk_and_load_without_original_checkpoint(hf_checkpoint, tmp_path):
+    checkpoint = shutil.copytree(hf_checkpoint, tmp_path / "bert")
+    nlp = bert_nlp(checkpoint, hidden_width=32)
+    expected = vectors(nlp)
+    nlp.to_disk(tmp_path / "pipeline")
+    shutil.rmtree(checkpoint)
+    loaded = spacy.load(tmp_path / "pipeline")
+    assert_same_vectors(vectors(loaded), expected)
+    assert expected[0].dtype == numpy.float32 and expected[0].shape[1] == 32
+    # A pipeline saved from the loaded one is the same again (nothing lost on the way).
+    loaded.to_disk(tmp_path / "again")
+    assert_same_vectors(vectors(spacy.load(tmp_path / "again")), expected)
+
+
+def test_saved_pipeline_is_readable_by_others(nlp, tmp_path):
+    """The weights folder gets the usual permissions (not tempfile's owner-only 0700), so a
+    pipeline copied into a container image or shared folder can be read by other users."""
+    umask = os.umask(0o022)
+    try:
+        nlp.to_disk(tmp_path / "pipeline")
+    finally:
+        os.umask(umask)
+    model_dir = tmp_path / "pipeline" / "bert_encoder" / "model"
+    for path in [model_dir, *model_dir.iterdir()]:
+        assert stat.S_IMODE(path.stat().st_mode) & 0o044 == 0o044, path
+
+
+def test_to_bytes_from_bytes(nlp):
+    data = nlp.get_pipe("bert_encoder").to_bytes()
+    fresh = spacy.blank("en")
+    fresh.add_pipe("bert_encoder", config={"model": TINY_MODEL})
+    fresh.get_pipe("bert_encoder").from_bytes(data)
+    assert_same_vectors(vectors(fresh), vectors(nlp))
+    # The whole pipeline too.
+    restored = spacy.blank("en")
+    restored.add_pipe("bert_encoder", config={"model": TINY_MODEL})
+    restored.from_bytes(nlp.to_bytes())
+    assert_same_vectors(vectors(restored), vectors(nlp))
+
+
+def test_fresh_interpreter_add_pipe_and_load(nlp, tmp_path):
+    """Entry points: no import of the package needed to add the component or load a pipeline."""
+    nlp.to_disk(tmp_path / "pipeline")
+    numpy.save(tmp_path / "expected.npy", nlp(TEXTS[1]).tensor)
+    script = f"""
+import sys, numpy, spacy
+assert "spacy_bert_plugin" not in sys.modules
+nlp = spacy.blank("en")
+nlp.add_pipe("bert_encoder")
+assert nlp.pipe_names == ["bert_encoder"] and "spacy_bert_plugin" in sys.modules
+loaded = spacy.load({str(tmp_path / "pipeline")!r})
+numpy.testing.assert_array_equal(loaded({TEXTS[1]!r}).tensor, numpy.load({str(tmp_path / "expected.npy")!r}))
+print(spacy.registry.architectures.get("spacy_bert_plugin.BertEncoder.v1").__module__)
+"""
+    assert run_python("-c", script).stdout.strip() == "spacy_bert_plugin.layers.bert_encoder"
+
+
+def test_random_init_learns_vocabulary_from_examples():
+    nlp = spacy.blank("en")
+    nlp.add_pipe("bert_encoder", config={"vocab_size": 300, "model": TINY_MODEL})
+    examples = [Example(nlp.make_doc(text), nlp.make_doc(text)) for text in alice_paragraphs()]
+    nlp.initialize(lambda: examples)
+    component = nlp.get_pipe("bert_encoder")
+    pieces = component.model.attrs["pieces"]
+    assert "alice" in pieces.vocab_list() and pieces.vocab_size <= 300
+    encoder = component.model.layers[0].shims[0]._model.encoder
+    assert encoder.config.vocab_size == pieces.vocab_size
+    assert encoder.config.num_layers == 1
+    doc = nlp(TEXTS[1])
+    assert doc.tensor.shape == (len(doc), 32) and numpy.isfinite(doc.tensor).all()
+    with pytest.raises(TypeError):  # spaCy's message: get_examples is required
+        spacy.blank("en").add_pipe("bert_encoder").initialize()
+
+
+def test_uninitialized_component_says_so():
+    nlp = spacy.blank("en")
+    nlp.add_pipe("bert_encoder")
+    with pytest.raises(ValueError, match="initialize"):
+        nlp("Alice")
+
+
+def test_initialize_checkpoint_overrides_factory_setting(nlp, hf_checkpoint, hf_checkpoint_bin):
+    config = spacy.util.load_config_from_str(CONFIG.format(factory_checkpoint=f'"{hf_checkpoint_bin}"'))
+    from_factory = spacy.util.load_model_from_config(config, auto_fill=True)
+    from_factory.initialize()
+    config = spacy.util.load_config_from_str(
+        CONFIG.format(factory_checkpoint='"/does/not/exist"'), overrides={"paths.init_bert": str(hf_checkpoint)}
+    )
+    overridden = spacy.util.load_model_from_config(config, auto_fill=True)
+    overridden.initialize()
+    assert_same_vectors(vectors(overridden), vectors(nlp))
+    assert not numpy.allclose(vectors(from_factory)[1], vectors(nlp)[1])
+    assert_same_vectors(vectors(from_factory), vectors(bert_nlp(hf_checkpoint_bin, hidden_width=32)))
+
+
+def test_missing_checkpoint_is_reported_at_initialize():
+    config = spacy.util.load_config_from_str(CONFIG.format(factory_checkpoint='"/does/not/exist"'))
+    nlp = spacy.util.load_model_from_config(config, auto_fill=True)  # not read yet
+    with pytest.raises(ValueError, match="/does/not/exist"):
+        nlp.initialize()
+
+
+BAD_TEXTS = [
+    "",
+    "   ",
+    "\n\n\t",
+    "😀👩‍👩‍👧 🎉🇫🇷",
+    "東京は日本の首都です。中文字符",
+    "bell\x07 null\x00 esc\x1b[0m del\x7f",
+    "zero\u200bwidth \u200f\u202eevil\u202c \ufeffbom \u2066iso\u2069",
+    "x" * 10_000,  # one [UNK]
+    "東" * 10_000,  # one spaCy token, 10,000 pieces
+    " ".join(["rabbit"] * 300),  # 300 pieces: more than max_positions (64)
+    "[CLS] [SEP] [MASK] [PAD] [UNK]",
+]
+# spaCy's own tokenizer takes seconds to split "!" * 10_000, so that token is made directly.
+BAD_WORDS = [["Alice", "!" * 10_000, "ran", " ", "\x00"], ["\u200b"], [" ", "\n"]]
+
+
+def test_bad_input_gets_finite_vectors(nlp):
+    inputs = BAD_TEXTS + [Doc(nlp.vocab, words=words) for words in BAD_WORDS]
+    docs = list(nlp.pipe(inputs, batch_size=4)) + [nlp(text) for text in inputs]
+    for doc in docs:
+        assert doc.tensor.shape == (len(doc), 32), doc.text[:30]
+        assert doc.tensor.dtype == numpy.float32
+        assert numpy.isfinite(doc.tensor).all(), doc.text[:30]
+    assert len(docs[0]) == 0 and len(docs[BAD_TEXTS.index(" ".join(["rabbit"] * 300))]) == 300
+    # Batched or alone, a doc gets the same vectors.
+    for batched, alone in zip(docs[: len(inputs)], docs[len(inputs) :]):
+        numpy.testing.assert_allclose(batched.tensor, alone.tensor, atol=1e-5, rtol=0)
+
+
+def test_tokens_without_pieces_get_zero_vectors(nlp, hf_checkpoint):
+    """Tokens that yield no WordPiece (whitespace, removed control and format characters) get
+    zeros; every other token a non-zero vector. The reference decides which tokens have pieces."""
+    tokenizer = transformers.BertTokenizerFast.from_pretrained(hf_checkpoint)
+    words = ["Alice", "  ", "\x00", "\u200b", "\ufeff", "ran", "\n", "😀", "\x07\x1b"]
+    doc = nlp.get_pipe("bert_encoder")(Doc(nlp.vocab, words=words))
+    with_pieces = set(tokenizer(words, is_split_into_words=True).word_ids()) - {None}
+    assert {0, 5, 7} <= with_pieces and len(with_pieces) < len(words)
+    for i in range(len(words)):
+        assert (numpy.abs(doc.tensor[i]).sum() > 0) == (i in with_pieces), repr(words[i])
+
+
+def test_listener_width_mismatch_is_actionable(hf_checkpoint):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("bert_encoder", config={"checkpoint": str(hf_checkpoint)})  # model says 256
+    listener = {"@architectures": "spacy.Tok2VecListener.v1", "width": 256, "upstream": "bert_encoder"}
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": listener}})
+    doc = nlp.make_doc("Alice ran")
+    doc[0].tag_, doc[1].tag_ = "NNP", "VBD"
+    with pytest.raises(ValueError, match=r"width of 32.*listener expects 256.*hidden_width\) to 32"):
+        nlp.initialize(lambda: [Example(nlp.make_doc("Alice ran"), doc)])
+
+
+@pytest.mark.slow
+def test_spacy_package(nlp, tmp_path):
+    nlp.to_disk(tmp_path / "pipeline")
+    (tmp_path / "packages").mkdir()
+    run_python(
+        "-m", "spacy", "package", str(tmp_path / "pipeline"), str(tmp_path / "packages"),
+        "--name", "x", "--version", "0.0.1",
+    )  # fmt: skip
+    package = tmp_path / "packages" / "en_x-0.0.1"
+    requirements = (package / "meta.json").read_text()
+    assert "spacy-bert-plugin" in requirements
+    [sdist] = (package / "dist").glob("*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = tar.getnames()
+    assert any(name.endswith("bert_encoder/model/model.safetensors") for name in names)
+    # The packaged data loads and gives the same vectors.
+    loaded = spacy.load(package / "en_x" / "en_x-0.0.1")
+    assert_same_vectors(vectors(loaded), vectors(nlp))
