@@ -1,10 +1,13 @@
 """Helpers for the pretraining tests: synthetic and real corpora, a tiny pretraining config."""
 import json
+from itertools import islice
 from pathlib import Path
 from typing import List, Optional
 
 import numpy
 from spacy import util
+from spacy.training import Example
+from spacy.training.converters import conll_ner_to_docs
 
 from spacy_bert_plugin.pretraining.corpus import PieceCorpus
 
@@ -42,6 +45,13 @@ def conll_sentences(limit: int) -> Optional[List[str]]:
             continue
         words.append(line.split()[0])
     return sentences
+
+
+def conll_examples(nlp, n_docs: int) -> List[Example]:
+    """The first CoNLL-2003 train documents (10 sentences each) as NER examples."""
+    text = (SHARED_DATA / "conll2003" / "train.iob").read_text(encoding="utf8")
+    docs = conll_ner_to_docs(text, n_sents=10, no_print=True)
+    return [Example(nlp.make_doc(doc.text), doc) for doc in islice(docs, n_docs)]
 
 
 def write_jsonl(path: Path, texts: List[str]) -> Path:
