@@ -1,4 +1,5 @@
 """The bert_encoder component: set-up paths, serialization, packaging and bad input."""
+import json
 import os
 import shutil
 import stat
@@ -8,8 +9,10 @@ import numpy
 import pytest
 import spacy
 from spacy.tokens import Doc
+from thinc.api import ConfigValidationError
 from spacy.training import Example
 
+from spacy_bert_plugin.checkpoint import CheckpointError
 from tiny_bert import alice_paragraphs, bert_nlp, run_python
 
 transformers = pytest.importorskip("transformers")
@@ -235,3 +238,19 @@ def test_spacy_package(nlp, tmp_path):
     # The packaged data loads and gives the same vectors.
     loaded = spacy.load(package / "en_x" / "en_x-0.0.1")
     assert_same_vectors(vectors(loaded), vectors(nlp))
+
+
+def test_pipeline_from_another_major_version_is_refused(nlp, tmp_path):
+    nlp.to_disk(tmp_path / "pipeline")
+    cfg_path = tmp_path / "pipeline" / "bert_encoder" / "cfg"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["plugin_version"] = "99.0.0"
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"bert_encoder.cfg: this pipeline was saved by spacy-bert-plugin 99\.0\.0"):
+        spacy.load(tmp_path / "pipeline")
+
+
+def test_wrongly_typed_component_setting_is_named(hf_checkpoint):
+    nlp = spacy.blank("en")
+    with pytest.raises(ConfigValidationError, match="num_layers"):
+        nlp.add_pipe("bert_encoder", config={"model": {"@architectures": "spacy_bert_plugin.BertEncoder.v1", "num_layers": "four"}})
