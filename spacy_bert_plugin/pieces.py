@@ -47,11 +47,12 @@ class WordPieces:
         self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
             vocab[token] for token in SPECIAL_TOKENS
         )
+        self._vocab_size = max(vocab.values()) + 1
 
     @property
     def vocab_size(self) -> int:
         """One more than the highest piece id: the rows the embedding table needs."""
-        return max(self.tokenizer.get_vocab().values()) + 1
+        return self._vocab_size
 
     @property
     def special_ids(self) -> List[int]:

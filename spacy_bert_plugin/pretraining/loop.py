@@ -160,7 +160,7 @@ class Trainer:
                 step_module, device_ids=[device.index] if device.type == "cuda" else None
             )
         self.step_module = step_module
-        self.optimizer = _optimizer(model, settings, device)
+        self.optimizer = _optimizer(model, settings)
         self.scaler = torch.amp.GradScaler(device.type, enabled=settings.autocast == "fp16")
         self.state = {"step": 0, "tokens": 0, "epoch": 0, "batch_in_epoch": 0, "best_eval_loss": math.inf, "skipped_steps": 0}
         if saved_state is not None:
@@ -181,9 +181,11 @@ class Trainer:
         settings, state = self.settings, self.state
         bad_in_row = 0
         window: List[Dict[str, float]] = []
-        started, window_tokens = time.perf_counter(), 0
+        window_seconds, window_tokens = 0.0, 0
         while state["step"] < settings.max_steps and not interrupted.set:
+            started = time.perf_counter()
             metrics, tokens = self.train_step()
+            window_seconds += time.perf_counter() - started  # evaluation and saving excluded
             if metrics is None:
                 bad_in_row += 1
                 if bad_in_row >= settings.max_bad_steps:
@@ -201,10 +203,10 @@ class Trainer:
                 averaged = self.dist.mean({key: sum(w[key] for w in window) / len(window) for key in window[0]})
                 self.log.write(
                     step=step, epoch=state["epoch"], tokens=state["tokens"], lr=self.optimizer.param_groups[0]["lr"],
-                    **averaged, tokens_per_s=window_tokens / max(time.perf_counter() - started, 1e-9),
+                    **averaged, tokens_per_s=window_tokens / max(window_seconds, 1e-9),
                     skipped_steps=state["skipped_steps"],
                 )
-                window, started, window_tokens = [], time.perf_counter(), 0
+                window, window_seconds, window_tokens = [], 0.0, 0
             if step % settings.eval_every == 0 or step == settings.max_steps:
                 self.evaluate_and_keep_best()
             if step % settings.save_every == 0:
@@ -360,7 +362,7 @@ def _piece_corpora(
     return train, heldout
 
 
-def _optimizer(model: BertForPretraining, settings: PretrainingSettings, device: torch.device) -> torch.optim.Optimizer:
+def _optimizer(model: BertForPretraining, settings: PretrainingSettings) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
@@ -368,7 +370,7 @@ def _optimizer(model: BertForPretraining, settings: PretrainingSettings, device:
     opt = settings.optimizer
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=opt.learning_rate, betas=(opt.beta1, opt.beta2), eps=opt.eps, fused=device.type == "cuda",
+        lr=opt.learning_rate, betas=(opt.beta1, opt.beta2), eps=opt.eps, fused=True,
     )
 
 
