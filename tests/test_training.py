@@ -185,11 +185,13 @@ def test_train_ner_and_textcat_on_shared_encoder(hf_checkpoint, tmp_path):
     args = [item for key, value in overrides.items() for item in (f"--{key}", value)]
     run_python("-m", "spacy", "train", str(tmp_path / "config.cfg"), "--output", str(tmp_path / "out"), *args)
     lines = read_log(tmp_path / "log.jsonl", MAX_STEPS)
-    # Margins from runs with several random checkpoints: NER fell to < 0.1 of its start, textcat
-    # (noisier on 45 sentences) to < 0.6.
-    for name, factor in (("ner", 0.25), ("textcat", 0.75)):
-        values = losses(lines, name)
-        assert mean(values[-5:]) < factor * mean(values[:5]), (name, values)
+    # Margins from runs with several random checkpoints: NER fell to < 0.1 of its start. The
+    # textcat loss on 45 sentences is noisy: compare it with its first value, the chance level
+    # (0.25 for two exclusive classes); runs reached 0.6-0.7 of it.
+    ner = losses(lines, "ner")
+    assert mean(ner[-5:]) < 0.25 * mean(ner[:5]), ner
+    textcat = losses(lines, "textcat")
+    assert mean(textcat[-5:]) < 0.8 * textcat[0], textcat
     assert max(line["scores"]["cats_score"] for line in lines) > lines[0]["scores"]["cats_score"]
     # Fine-tuning reached the encoder: its weights moved away from the checkpoint's.
     before = encoder_state(hf_checkpoint)
