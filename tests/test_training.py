@@ -192,7 +192,6 @@ def test_train_ner_and_textcat_on_shared_encoder(hf_checkpoint, tmp_path):
     assert mean(ner[-5:]) < 0.25 * mean(ner[:5]), ner
     textcat = losses(lines, "textcat")
     assert mean(textcat[-5:]) < 0.8 * textcat[0], textcat
-    assert max(line["scores"]["cats_score"] for line in lines) > lines[0]["scores"]["cats_score"]
     # Fine-tuning reached the encoder: its weights moved away from the checkpoint's.
     before = encoder_state(hf_checkpoint)
     after = encoder_state(tmp_path / "out" / "model-last" / "bert_encoder" / "model")
