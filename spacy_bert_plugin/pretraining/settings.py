@@ -54,7 +54,9 @@ def read_settings(config: Config) -> PretrainingSettings:
     if "bert_pretraining" not in config:
         raise SettingsError("the config has no [bert_pretraining] section; see configs/pretrain.cfg for one")
     section = dict(config["bert_pretraining"])
-    section["objectives"] = registry.resolve({"objectives": section.get("objectives", {})})["objectives"]
+    objectives = registry.resolve({"objectives": section.get("objectives", {})})["objectives"]
+    # `--bert_pretraining.objectives.nsp null` switches an objective off from the command line.
+    section["objectives"] = {name: objective for name, objective in objectives.items() if objective is not None}
     try:
         settings = PretrainingSettings(**section)
     except ValidationError as err:

@@ -31,6 +31,13 @@ def test_wrong_values_are_named(key, value, message):
         settings_with(**{key: value})
 
 
+def test_null_switches_an_objective_off():
+    settings = settings_with(**{"bert_pretraining.objectives.nsp": None})
+    assert set(settings.objectives) == {"mlm"}
+    with pytest.raises(SettingsError, match="add at least the MLM objective"):
+        settings_with(**{"bert_pretraining.objectives.nsp": None, "bert_pretraining.objectives.mlm": None})
+
+
 def test_unknown_key_is_rejected():
     with pytest.raises(SettingsError, match="max_stepz"):
         settings_with(**{"bert_pretraining.max_stepz": 3})

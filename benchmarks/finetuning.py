@@ -1,0 +1,303 @@
+"""Fine-tuning benchmark (issue 5b): words/s of `spacy train`'s update loop for NER on CoNLL-2003,
+`bert_encoder` vs spacy-transformers' `transformer`, with the same Hugging Face BERT weights.
+
+Both pipelines are [encoder, ner]: the same NER head (`spacy.TransitionBasedParser.v2`, state type
+ner, hidden width 64, maxout 2, no upper layer, as in configs/ner.cfg) reads the encoder through a
+listener, and every update fine-tunes the encoder end to end:
+
+* ours: `bert_encoder` with `{"checkpoint": DIR}`, `spacy.Tok2VecListener.v1` (configs/ner.cfg);
+* peer: `transformer` with `spacy-transformers.TransformerModel.v3`, `name = DIR`, its default span
+  getter (`strided_spans.v1`, window 128, stride 96), `spacy-transformers.TransformerListener.v1`
+  with `reduce_mean.v1` pooling and grad_factor 1.0;
+* ours-bf16: ours with `autocast = "bf16"` in `[components.bert_encoder.model]`;
+* optional (`--arms`): `ours-wN` / `ours-bf16-wN`, ours with `window = N` pieces per window
+  (default 510); `ours-w126` gives windows of 128 positions like the peer's, but without overlap.
+
+The loop is `spacy train`'s own (`spacy.training.loop.train_while_improving`, accumulate_gradient 1):
+CoNLL-2003 train articles (converted like `spacy convert -c ner`, read with `spacy.Corpus.v1`,
+so spaCy's tokenizer makes the predicted docs) shuffled with a fixed seed, cut by
+`spacy.batch_by_words.v1` (size 1000, tolerance 0.2), each batch sorted by length, then
+`nlp.update(batch, drop=0.1, sgd=False)` and `finish_update(optimizer)` of every component, with
+the Adam.v1 of configs/ner.cfg. Every arm runs in its own process (for a clean peak RSS) and
+updates on exactly the same batches; after a few warm-up steps the driver has the arms take the
+same step one after the other (order alternating), so each step's ratio to the peer saw the same
+machine load. words/s = words of the timed batches / wall seconds of their updates.
+
+    python benchmarks/finetuning.py                    # BERT-Mini, 30 steps: ~2 minutes on a busy 2-core box
+    python benchmarks/finetuning.py --quick            # 10 steps: about a minute
+    python benchmarks/finetuning.py --sizes mini,base  # base: 8 steps, ~10x slower per step
+    python benchmarks/finetuning.py --quick --arms ours,peer,ours-bf16,ours-w126,ours-bf16-w126
+"""
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+from common import (
+    BENCH_DIR,
+    CACHE_DIR,
+    SIZES,
+    Worker,
+    checkpoint,
+    machine,
+    markdown_table,
+    memory_mib,
+    reset_peak_rss,
+    serve,
+)
+
+SCRIPT = Path(__file__).resolve()
+CONLL_DIR = BENCH_DIR.parent.parent / "shared" / "data" / "conll2003"
+WORK_DIR = CACHE_DIR / "finetuning"
+ARMS = ("ours", "peer", "ours-bf16")
+DEFAULT_STEPS = {"mini": 30, "base": 8}
+QUICK_STEPS = 10
+SEED = 0
+DROPOUT = 0.1
+# configs/ner.cfg's optimizer, with a constant learning rate (a schedule costs nothing).
+OPTIMIZER = dict(learn_rate=5e-5, beta1=0.9, beta2=0.999, eps=1e-8, L2=0.01, L2_is_weight_decay=True,
+                 grad_clip=1.0, use_averages=False)
+NER_MODEL = {
+    "@architectures": "spacy.TransitionBasedParser.v2",
+    "state_type": "ner",
+    "extra_state_tokens": False,
+    "hidden_width": 64,
+    "maxout_pieces": 2,
+    "use_upper": False,
+    "nO": None,
+}
+
+
+# ---- data --------------------------------------------------------------------------------------
+
+
+def docbin(split: str) -> Path:
+    """CoNLL-2003 `split` as a DocBin, one Doc per -DOCSTART- article, as `spacy convert SPLIT.iob
+    OUT -c ner` writes it (converted once, then cached)."""
+    path = WORK_DIR / f"{split}.spacy"
+    if path.exists():
+        return path
+    source = CONLL_DIR / f"{split}.iob"
+    if not source.exists():
+        sys.exit(f"CoNLL-2003 not found at {source}: this benchmark needs the shared data folder ../shared/data")
+    from spacy.tokens import DocBin
+    from spacy.training.converters import conll_ner_to_docs
+
+    docs = list(conll_ner_to_docs(source.read_text(encoding="utf8"), n_sents=1, no_print=True))
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    DocBin(docs=docs, store_user_data=False).to_disk(tmp)
+    os.replace(tmp, path)
+    n_ents = sum(len(doc.ents) for doc in docs)
+    print(f"converted {source} -> {path}: {len(docs)} docs, {sum(map(len, docs)):,} tokens, {n_ents:,} entities",
+          file=sys.stderr)
+    return path
+
+
+# ---- pipelines -----------------------------------------------------------------------------------
+
+
+def build(arm: str, size: str, window: int, stride: int):
+    import spacy
+
+    nlp = spacy.blank("en")
+    if arm == "peer":
+        model = {
+            "@architectures": "spacy-transformers.TransformerModel.v3",
+            "name": str(checkpoint(size)),
+            "tokenizer_config": {"use_fast": True},
+            "get_spans": {"@span_getters": "spacy-transformers.strided_spans.v1", "window": window, "stride": stride},
+        }
+        nlp.add_pipe("transformer", config={"model": model})
+        listener = {
+            "@architectures": "spacy-transformers.TransformerListener.v1",
+            "grad_factor": 1.0,
+            "pooling": {"@layers": "reduce_mean.v1"},
+            "upstream": "*",
+        }
+    else:
+        # "ours", "ours-bf16", and with a window of N pieces (default: 510) "ours-wN", "ours-bf16-wN"
+        parts = arm.split("-")[1:]
+        window_parts = [int(part[1:]) for part in parts if part.startswith("w")]
+        model = {"@architectures": "spacy_bert_plugin.BertEncoder.v1", "autocast": "bf16" if "bf16" in parts else None,
+                 "window": window_parts[0] if window_parts else None}
+        nlp.add_pipe("bert_encoder", config={"checkpoint": str(checkpoint(size)), "model": model})
+        listener = {"@architectures": "spacy.Tok2VecListener.v1", "width": SIZES[size]["hidden_size"],
+                    "upstream": "bert_encoder"}
+    nlp.add_pipe("ner", config={"model": dict(NER_MODEL, tok2vec=listener), "update_with_oracle_cut_size": 100})
+    return nlp
+
+
+# ---- workers (one process per arm) -------------------------------------------------------------
+
+
+class ArmWorker:
+    """One arm: its pipeline initialized on CoNLL train, the batches cut, warm-up steps taken; then
+    times one update step per request."""
+
+    def __init__(self, spec: Dict[str, Any]):
+        import torch
+        from spacy.training import Corpus
+        from spacy.training.loop import subdivide_batch
+        from spacy.util import fix_random_seed, registry
+        from thinc.api import Adam
+
+        if spec["threads"]:
+            torch.set_num_threads(spec["threads"])
+        self.threads = torch.get_num_threads()
+        fix_random_seed(SEED)
+        self.nlp = build(spec["arm"], spec["size"], spec["peer_window"], spec["peer_stride"])
+        examples = list(Corpus(spec["train"], gold_preproc=False, max_length=0, limit=0)(self.nlp))
+        self.nlp.initialize(lambda: examples)
+        self.optimizer = Adam(**OPTIMIZER)
+        random.Random(SEED).shuffle(examples)
+        batcher = registry.batchers.get("spacy.batch_by_words.v1")(
+            size=spec["batch_words"], tolerance=0.2, discard_oversize=False
+        )
+        batches = []
+        for batch in batcher(examples):
+            batches.append(next(subdivide_batch(batch, 1)))  # what spacy train does: sorted by length
+            if len(batches) == spec["warmup"] + spec["steps"]:
+                break
+        if len(batches) < spec["warmup"] + spec["steps"]:
+            sys.exit(f"only {len(batches)} batches in CoNLL train: ask for fewer steps")
+        self.batches = batches[spec["warmup"] :]
+        self.load_rss, self.load_peak = memory_mib()["VmRSS"], memory_mib()["VmHWM"]
+        reset_peak_rss()  # from here on, VmHWM is the peak while training (warm-up included)
+        for batch in batches[: spec["warmup"]]:
+            self.update(batch)
+
+    def update(self, batch: List[Any]) -> Dict[str, float]:
+        """One step of spacy.training.loop.train_while_improving (accumulate_gradient = 1)."""
+        losses: Dict[str, float] = {}
+        self.nlp.update(batch, drop=DROPOUT, losses=losses, sgd=False)
+        for _name, proc in self.nlp.pipeline:
+            if getattr(proc, "is_trainable", False) and proc.model not in (True, False, None):
+                proc.finish_update(self.optimizer)
+        self.optimizer.step_schedules()
+        return losses
+
+    def handle(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        if request.get("memory"):
+            return {"load_rss_mib": self.load_rss, "load_peak_mib": self.load_peak,
+                    "train_peak_mib": memory_mib()["VmHWM"], "threads": self.threads}
+        batch = self.batches[request["step"]]
+        wall, cpu = time.perf_counter(), time.process_time()
+        losses = self.update(batch)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        words = sum(len(eg.predicted) for eg in batch)
+        return {"words": words, "docs": len(batch), "wall": wall, "cpu": cpu, "ner_loss": float(losses.get("ner", 0.0))}
+
+
+# ---- driver ----------------------------------------------------------------------------------
+
+
+def measure_size(size: str, arms: List[str], steps: int, args: argparse.Namespace) -> List[Dict[str, Any]]:
+    """All arms of one size alive side by side; step i is taken by every arm on the same batch,
+    one arm after the other (order alternating), so noise hits all arms alike."""
+    spec = dict(size=size, threads=args.threads, peer_window=args.peer_window, peer_stride=args.peer_stride,
+                train=str(docbin("train")), batch_words=args.batch_words, warmup=args.warmup, steps=steps)
+    workers = {}
+    for arm in arms:
+        start = time.perf_counter()
+        workers[arm] = Worker(SCRIPT, dict(spec, arm=arm))
+        print(f"{size} {arm}: loaded, initialized and warmed up in {time.perf_counter() - start:.0f} s",
+              file=sys.stderr, flush=True)
+    rounds: List[Dict[str, Any]] = []
+    for step in range(steps):
+        for arm in arms if step % 2 == 0 else arms[::-1]:
+            rounds.append(dict(workers[arm].ask({"step": step}), arm=arm, size=size, step=step))
+        line = ", ".join(f"{r['arm']} {r['words'] / r['wall']:,.0f}" for r in rounds[-len(arms) :])
+        print(f"{size} step {step} ({rounds[-1]['words']} words): words/s {line}", file=sys.stderr, flush=True)
+    for arm, worker in workers.items():
+        rounds.append(dict(worker.ask({"memory": True}), arm=arm, size=size))
+        worker.close()
+    return rounds
+
+
+def summarize(rounds: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    memory = {(r["size"], r["arm"]): r for r in rounds if "train_peak_mib" in r}
+    timed = [r for r in rounds if "wall" in r]
+    rows = []
+    for size, arm in dict.fromkeys((r["size"], r["arm"]) for r in timed):
+        mine = [r for r in timed if (r["size"], r["arm"]) == (size, arm)]
+        peer = {r["step"]: r for r in timed if (r["size"], r["arm"]) == (size, "peer")}
+        ratio = {
+            clock: statistics.median(peer[r["step"]][clock] / r[clock] for r in mine) if peer else float("nan")
+            for clock in ("wall", "cpu")
+        }
+        words, wall, cpu = (sum(r[key] for r in mine) for key in ("words", "wall", "cpu"))
+        rows.append({
+            "size": size, "arm": arm, "steps": len(mine), "words": words, "wall_s": wall, "cpu_s": cpu,
+            "words_per_s": words / wall, "cpu_words_per_s": words / cpu,
+            "ratio_wall": ratio["wall"], "ratio_cpu": ratio["cpu"],
+            "ner_loss_first": mine[0]["ner_loss"], "ner_loss_last": mine[-1]["ner_loss"],
+            **{key: memory[size, arm][key] for key in ("load_rss_mib", "load_peak_mib", "train_peak_mib", "threads")},
+        })
+    return rows
+
+
+def report(rows: List[Dict[str, Any]], info: Dict[str, str], args: argparse.Namespace) -> str:
+    header = (f"{info['date']}, commit {info['commit']}, {info['machine']}, torch threads {rows[0]['threads']}, "
+              f"load average {os.getloadavg()[0]:.1f}; batch_by_words {args.batch_words}, {args.warmup} warm-up "
+              f"step(s), peer strided_spans {args.peer_window}/{args.peer_stride}")
+    table = markdown_table(
+        ["size", "arm", "steps", "words", "words/s", "vs peer (wall)", "vs peer (CPU)", "CPU s", "words/CPU-s",
+         "NER loss first/last step", "RSS after load MiB", "load peak MiB", "train peak MiB"],
+        [[r["size"], r["arm"], r["steps"], r["words"], r["words_per_s"], f"{r['ratio_wall']:.2f}x",
+          f"{r['ratio_cpu']:.2f}x", r["cpu_s"], r["cpu_words_per_s"],
+          f"{r['ner_loss_first']:,.0f} / {r['ner_loss_last']:,.0f}", r["load_rss_mib"], r["load_peak_mib"],
+          r["train_peak_mib"]] for r in rows],
+    )
+    return f"\n{header}\n\n{table}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="mini", help="comma-separated: mini (4x256), base (12x768)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"timed update steps per arm (default: {DEFAULT_STEPS}; --quick: {QUICK_STEPS})")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed update steps first (default 2; --quick 1)")
+    parser.add_argument("--batch-words", type=int, default=1000, help="spacy.batch_by_words.v1 size")
+    parser.add_argument("--arms", default=",".join(ARMS),
+                        help=f"comma-separated, from {ARMS}; also ours-wN, ours-bf16-wN (window N pieces)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per arm, 0 for torch's default "
+                        "(1 keeps a shared machine's noise out of the ratios)")
+    parser.add_argument("--peer-window", type=int, default=128, help="peer strided_spans window (its default)")
+    parser.add_argument("--peer-stride", type=int, default=96, help="peer strided_spans stride (its default)")
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_STEPS} timed steps after 1 warm-up step")
+    parser.add_argument("--json", type=Path, help="also write all measurements to this file")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        arm = ArmWorker(json.loads(args.worker))
+        serve({"threads": arm.threads}, arm.handle)
+        return
+
+    if args.warmup is None:
+        args.warmup = 1 if args.quick else 2
+    if args.threads:  # BLAS (the NER head) and torch's OpenMP pool in the workers
+        for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[key] = str(args.threads)
+    info = machine()  # the commit measured, before any run
+    sizes = args.sizes.split(",")
+    for size in sizes:
+        checkpoint(size)  # make the cached checkpoints and DocBins before any clock runs
+    docbin("train")
+    docbin("dev")  # not timed: there for `spacy train --paths.dev` with the same conversion
+    rounds = []
+    for size in sizes:
+        steps = args.steps or (QUICK_STEPS if args.quick else DEFAULT_STEPS.get(size, 10))
+        rounds.extend(measure_size(size, args.arms.split(","), steps, args))
+    print(report(summarize(rounds), info, args))
+    if args.json:
+        args.json.write_text(json.dumps({"machine": info, "rounds": rounds}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
