@@ -7,7 +7,7 @@ import torch
 from spacy.tokens import Doc
 
 from tiny_bert import alice_paragraphs, bert_nlp
-from spacy_bert_plugin.layers.windows import docs_to_batch
+from spacy_bert_plugin.layers.windows import docs_to_batch, window_bounds
 
 transformers = pytest.importorskip("transformers")
 
@@ -119,11 +119,72 @@ def test_windows_without_sentences_break_at_words(windowed, hf_model):
     words = [t.text for t in doc]
     assert len(windows) == 2
     first = [words[i] for i in windows[0]]
-    # Greedy: the first window is full up to a word boundary, not cut at a sentence.
-    assert n_pieces(hf_model, first) <= WINDOW < n_pieces(hf_model, first + [words[len(first)]])
+    second = [words[i] for i in windows[1]]
+    # 31 pieces: two windows of 16 + 15, cut at a word, not at the sentence (after 15 pieces).
+    assert (n_pieces(hf_model, first), n_pieces(hf_model, second)) == (16, 15)
     assert len(first) != len(SENTENCES[0] + SENTENCES[1])
     tensor = windowed.get_pipe("bert_encoder")(doc).tensor
     numpy.testing.assert_allclose(tensor[: len(first)], hf_vectors(hf_model, first), atol=1e-4, rtol=0)
+
+
+NO_SENTENCES = numpy.zeros(0, dtype=numpy.int64)
+
+
+def test_long_doc_splits_into_equal_windows():
+    # One piece per word: 600 pieces -> 300 + 300, not 510 + 90; 1021 -> 341 + 340 + 340.
+    assert window_bounds(numpy.arange(600), NO_SENTENCES, 510) == [(0, 300), (300, 600)]
+    assert window_bounds(numpy.arange(1021), NO_SENTENCES, 510) == [(0, 341), (341, 681), (681, 1021)]
+    assert window_bounds(numpy.arange(510), NO_SENTENCES, 510) == [(0, 510)]
+
+
+def test_equal_windows_break_at_the_sentence_start_nearest_the_share():
+    # Sentences of 100, 180, 170 and 150 words (one piece each): the break nearest 300 is at 280.
+    assert window_bounds(numpy.arange(600), numpy.array([0, 100, 280, 450]), 510) == [(0, 280), (280, 600)]
+    # No sentence start fits in the first window: break at the word start nearest the share.
+    assert window_bounds(numpy.arange(600), numpy.array([0, 550]), 510) == [(0, 300), (300, 600)]
+
+
+@pytest.mark.parametrize("window", [16, 64, 510])
+@pytest.mark.parametrize("with_sentences", [False, True])
+def test_window_bounds_cover_the_doc_in_about_equal_windows(window, with_sentences):
+    rng = numpy.random.default_rng(window)
+    for _ in range(50):
+        n_words = int(rng.integers(window, 5 * window))
+        word_ids = numpy.repeat(numpy.arange(n_words), rng.integers(1, 5, n_words))  # 1-4 pieces a word
+        sentences = numpy.flatnonzero(rng.random(n_words) < 0.1) if with_sentences else NO_SENTENCES
+        bounds = window_bounds(word_ids, sentences, window)
+        n, k = len(word_ids), -(-len(word_ids) // window)
+        # Every piece exactly once, in order; no window too long; no word cut in two.
+        assert bounds[0][0] == 0 and bounds[-1][1] == n
+        assert all(end == next_start for (_, end), (next_start, _) in zip(bounds, bounds[1:]))
+        lengths = [end - start for start, end in bounds]
+        assert 0 < min(lengths) and max(lengths) <= window
+        breaks = [start for start, _ in bounds[1:]]
+        assert all(word_ids[b] != word_ids[b - 1] for b in breaks)
+        if with_sentences:
+            # A break is at a sentence start whenever one fits in the window it ends.
+            starts = set(numpy.searchsorted(word_ids, sentences).tolist())
+            for (start, end) in bounds[:-1]:
+                fits = [s for s in starts if start < s <= start + window]
+                assert end in starts or not fits
+        else:
+            # k windows of about n / k pieces (a window or two more when the doc nearly fills k).
+            assert k <= len(bounds) <= k + 2
+            if len(bounds) == k:
+                assert max(lengths) - min(lengths) <= 8
+
+
+def test_chunks_do_not_mix_long_and_short_windows(windowed):
+    texts = [" ".join(alice_paragraphs()[:2]), "Alice ran.", "She was very tired of the book."]
+    docs = [windowed.make_doc(text) for text in texts]
+    batch = docs_to_batch(docs, pieces_of(windowed), WINDOW, 4096)
+    assert len(batch.chunks) > 1
+    for input_ids, mask in batch.chunks:
+        if mask is not None:
+            assert (mask.sum(axis=1) > input_ids.shape[1] // 2).all()
+    # Chunked apart or together, every doc gets the vectors it gets alone.
+    for text, doc in zip(texts, windowed.pipe(texts)):
+        numpy.testing.assert_allclose(doc.tensor, windowed(text).tensor, atol=1e-5, rtol=0)
 
 
 def test_sentence_longer_than_window_breaks_at_words(windowed):

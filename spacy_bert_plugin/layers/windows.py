@@ -1,9 +1,11 @@
 """Docs -> windows of word pieces, ready for the encoder.
 
-A doc becomes `[CLS] pieces [SEP]` when it fits in the window. A longer doc is cut into
-consecutive windows, at sentence boundaries where the doc has them and at word boundaries
-otherwise; a word never straddles two windows. Windows from all docs are sorted by length and
-grouped into chunks of at most `max_batch_pieces` pieces, so little compute goes into padding.
+A doc becomes `[CLS] pieces [SEP]` when it fits in the window. A longer doc of n pieces is cut
+into about k = ceil(n / window) windows of about n / k pieces (600 pieces, window 510: 300 + 300,
+not 510 + 90), breaking at the sentence start nearest each equal share where one fits, else at
+the nearest word start; a word never straddles two windows. Windows from all docs are sorted by
+length and grouped into chunks of at most `max_batch_pieces` pieces, each holding only windows
+longer than half its longest, so little compute goes into padding.
 """
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -39,8 +41,9 @@ def docs_to_batch(
 
 
 def window_bounds(word_ids: numpy.ndarray, sentence_starts: numpy.ndarray, window: int) -> List[Tuple[int, int]]:
-    """Piece ranges of at most `window` pieces that cover the doc. Breaks fall at the last
-    sentence start that fits, else at the last word start that fits."""
+    """Piece ranges of at most `window` pieces that cover the doc. Each break aims at an equal
+    share of what is left over ceil(left / window) windows: the nearest sentence start that fits,
+    else the nearest word start that fits."""
     n_pieces = len(word_ids)
     if n_pieces <= window:
         return [(0, n_pieces)] if n_pieces else []
@@ -50,18 +53,25 @@ def window_bounds(word_ids: numpy.ndarray, sentence_starts: numpy.ndarray, windo
     bounds = []
     start = 0
     while n_pieces - start > window:
-        end = _last_break(sentence_breaks, start, start + window)
+        n_windows = -(-(n_pieces - start) // window)
+        target = start + -(-(n_pieces - start) // n_windows)
+        # A break that leaves the rest n_windows - 1 windows is nearer `target` than any that does not.
+        end = _nearest_break(sentence_breaks, start, start + window, target)
         if end is None:
-            end = _last_break(word_starts, start, start + window)
+            end = _nearest_break(word_starts, start, start + window, target)
         bounds.append((start, end))
         start = end
     bounds.append((start, n_pieces))
     return bounds
 
 
-def _last_break(breaks: numpy.ndarray, start: int, limit: int) -> Optional[int]:
-    i = numpy.searchsorted(breaks, limit, side="right") - 1
-    return int(breaks[i]) if i >= 0 and breaks[i] > start else None
+def _nearest_break(breaks: numpy.ndarray, start: int, limit: int, target: int) -> Optional[int]:
+    """The break in (start, limit] nearest `target`, or None."""
+    lo, hi = numpy.searchsorted(breaks, [start, limit], side="right")
+    if lo == hi:
+        return None
+    candidates = breaks[lo:hi]
+    return int(candidates[numpy.abs(candidates - target).argmin()])
 
 
 def _cap_pieces_per_word(ids: numpy.ndarray, word_ids: numpy.ndarray, window: int) -> Tuple[numpy.ndarray, numpy.ndarray]:
@@ -86,13 +96,15 @@ def _chunk_windows(
     max_batch_pieces: int,
 ) -> PieceBatch:
     windows.sort(key=lambda w: len(w[0]), reverse=True)
+    lengths = numpy.array([len(ids) + 2 for ids, _ in windows], dtype=numpy.int64)
     chunks: List[Chunk] = []
     piece_word: List[numpy.ndarray] = []
     i = 0
     while i < len(windows):
-        length = len(windows[i][0]) + 2
-        size = max(1, max_batch_pieces // length)
-        group = windows[i : i + size]
+        length = int(lengths[i])
+        # At most max_batch_pieces // length windows, all longer than half of the longest.
+        similar = int(numpy.searchsorted(-lengths, -(length // 2), side="left"))
+        group = windows[i : min(i + max(1, max_batch_pieces // length), similar)]
         input_ids = numpy.full((len(group), length), pieces.pad_id, dtype=numpy.int64)
         rows = numpy.full((len(group), length), n_words, dtype=numpy.int64)
         for row, (ids, words) in enumerate(group):
@@ -100,11 +112,11 @@ def _chunk_windows(
             input_ids[row, 1 : len(ids) + 1] = ids
             input_ids[row, len(ids) + 1] = pieces.sep_id
             rows[row, 1 : len(ids) + 1] = words
-        lengths = numpy.array([len(ids) + 2 for ids, _ in group])
-        padded = lengths.min() < length
-        mask = numpy.arange(length)[None, :] < lengths[:, None] if padded else None
+        group_lengths = lengths[i : i + len(group)]
+        padded = group_lengths.min() < length
+        mask = numpy.arange(length)[None, :] < group_lengths[:, None] if padded else None
         chunks.append((input_ids, mask))
         piece_word.append(rows.ravel())
-        i += size
+        i += len(group)
     flat = numpy.concatenate(piece_word) if piece_word else numpy.zeros(0, dtype=numpy.int64)
     return PieceBatch(chunks, flat, n_words, doc_lengths)
