@@ -139,6 +139,23 @@ def test_random_init_learns_vocabulary_from_examples():
         spacy.blank("en").add_pipe("bert_encoder").initialize()
 
 
+def test_windows_default_to_the_pretrained_positions(hf_checkpoint, tmp_path):
+    """Position embeddings past the pretraining length are untrained: windows stay within it."""
+    from spacy_bert_plugin.layers.bert_encoder import window_size
+
+    config = json.loads((hf_checkpoint / "config.json").read_text())
+    positions = config["max_position_embeddings"]
+    assert window_size(bert_nlp(hf_checkpoint).get_pipe("bert_encoder").model) == positions - 2  # HF: all
+    short = tmp_path / "short"
+    shutil.copytree(hf_checkpoint, short)
+    (short / "config.json").write_text(json.dumps({**config, "trained_positions": positions // 2}))
+    nlp = bert_nlp(short)
+    assert window_size(nlp.get_pipe("bert_encoder").model) == positions // 2 - 2
+    assert window_size(bert_nlp(short, window=positions - 2).get_pipe("bert_encoder").model) == positions - 2
+    nlp.to_disk(tmp_path / "pipeline")  # fine-tuned pipelines keep the pretraining length
+    assert window_size(spacy.load(tmp_path / "pipeline").get_pipe("bert_encoder").model) == positions // 2 - 2
+
+
 def test_uninitialized_component_says_so():
     nlp = spacy.blank("en")
     nlp.add_pipe("bert_encoder")

@@ -29,7 +29,7 @@ NER (cased vs lowercased pieces) runs in full mode.
 
 Outputs: benchmarks/.cache/accuracy/MODE/ (one folder per run with its config, log, model and
 scores), results.json and results.md (the tables for benchmarks/README.md). Completed runs are
-reused when the script is run again; delete the folder (or pass --fresh) to start over.
+reused when the script is run again with the same recipe and config; --fresh starts over.
 """
 import argparse
 import json
@@ -276,7 +276,7 @@ def prepare_tasks(budget: Budget) -> tuple[dict[str, Task], dict[str, Path]]:
 def pretrain(recipe: Recipe, corpus: Path, out: Path, budget: Budget, threads: int) -> dict[str, Any]:
     """`python -m spacy bert-pretrain` with configs/pretrain.cfg and the recipe; cached."""
     stats_file = out / "pretrain_stats.json"
-    if stats_file.exists() and (out / "model-best").exists():
+    if stats_file.exists() and (out / "model-best").exists() and read_json(stats_file)["recipe"] == asdict(recipe):
         return read_json(stats_file)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -364,9 +364,10 @@ def finetune(task: Task, out: Path, config: Config, threads: int) -> dict[str, A
     """Train (worker.py train) and score model-last on the task's eval sets; cached."""
     stats_file = out / "train_stats.json"
     evals = {split: out / f"eval-{split}.json" for split in task.evals}
-    if not (stats_file.exists() and all(path.exists() for path in evals.values())):
+    config_path = out / "config.cfg"
+    done = stats_file.exists() and all(path.exists() for path in evals.values())
+    if not (done and config_path.read_text() == config.to_str()):  # rerun when the config changed
         out.mkdir(parents=True, exist_ok=True)
-        config_path = out / "config.cfg"
         config.to_disk(config_path)
         command: list[Any] = [sys.executable, WORKER, "train", config_path, out, "--task", task.kind]
         for split, path in task.evals.items():

@@ -1,6 +1,6 @@
 """BERT hyperparameters, and their mapping to a Hugging Face `config.json`."""
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 # Our field name -> Hugging Face BertConfig key.
 HF_CONFIG_KEYS = {
@@ -15,6 +15,7 @@ HF_CONFIG_KEYS = {
     "attention_dropout": "attention_probs_dropout_prob",
     "layer_norm_eps": "layer_norm_eps",
     "pad_token_id": "pad_token_id",
+    "trained_positions": "trained_positions",  # our own key; transformers keeps unknown keys
 }
 
 
@@ -31,6 +32,9 @@ class BertConfig:
     attention_dropout: float = 0.1
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 0
+    # Positions pretraining has used (its longest sequence); None: all `max_positions`. Windows
+    # default to it, because the position embeddings beyond it are still random.
+    trained_positions: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.hidden_width % self.num_heads:
@@ -52,15 +56,15 @@ class BertConfig:
         values = {}
         for field in fields(cls):
             hf_key = HF_CONFIG_KEYS[field.name]
-            if hf_key in hf_config:
-                values[field.name] = field.type(hf_config[hf_key])
+            if hf_key in hf_config and hf_config[hf_key] is not None:
+                values[field.name] = float(hf_config[hf_key]) if field.type is float else int(hf_config[hf_key])
             elif field.name in ("vocab_size", "hidden_width", "num_layers", "num_heads"):
                 raise KeyError(hf_key)
         return cls(**values)
 
     def to_hf(self) -> Dict[str, Any]:
         """A `config.json` dict that `transformers.BertModel.from_pretrained` reads."""
-        hf = {HF_CONFIG_KEYS[name]: value for name, value in asdict(self).items()}
+        hf = {HF_CONFIG_KEYS[name]: value for name, value in asdict(self).items() if value is not None}
         hf.update(
             architectures=["BertForPreTraining"],
             model_type="bert",

@@ -31,7 +31,8 @@ def BertEncoder(
     autocast: Optional[str] = None,
 ) -> Model[List[Doc], List[Floats2d]]:
     """BERT over WordPiece windows, pieces pooled per token (`mean`, `first` or `last`).
-    `window` is the most pieces per window without [CLS]/[SEP] (default: max_positions - 2);
+    `window` is the most pieces per window without [CLS]/[SEP] (default: the positions the
+    checkpoint was pretrained on, else max_positions, less 2);
     `autocast` = "bf16" or "fp16" runs the encoder in mixed precision."""
     if pooling not in POOLING_MODES:
         raise ValueError(f"pooling must be one of {POOLING_MODES}, not {pooling!r}")
@@ -92,8 +93,10 @@ def new_random_encoder(model: Model, pieces: WordPieces) -> TorchBertEncoder:
 
 
 def window_size(model: Model) -> int:
-    limit = model.attrs["bert_config"].max_positions - 2
-    window = model.attrs["window"] or limit
+    """`window`, by default the positions the weights were trained on, less [CLS] and [SEP]."""
+    config = model.attrs["bert_config"]
+    limit = config.max_positions - 2
+    window = model.attrs["window"] or min(limit, (config.trained_positions or config.max_positions) - 2)
     if not 0 < window <= limit:
         raise ValueError(f"window must be between 1 and max_positions - 2 = {limit}, not {window}")
     return window

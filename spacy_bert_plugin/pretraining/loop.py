@@ -121,6 +121,8 @@ def pretrain(
             f"[bert_pretraining] max_length = {settings.max_length} exceeds the model's max_positions = "
             f"{model.config.max_positions}"
         )
+    if model.config.trained_positions is not None:  # None: a checkpoint trained on all its positions
+        model.config.trained_positions = max(model.config.trained_positions, settings.max_length)
     if dist.is_main:
         _check_output_dir(output_dir, model)
     train_corpus, heldout_corpus = _piece_corpora(raw_text, nlp, pieces, settings, dist, stdout)
@@ -317,6 +319,7 @@ def _initial_model(
     bert_config: BertConfig = component.model.attrs["bert_config"]
     bert_config.vocab_size = pieces.vocab_size
     bert_config.pad_token_id = pieces.pad_id
+    bert_config.trained_positions = settings.max_length
     torch.manual_seed(settings.seed)
     return BertForPretraining(bert_config), pieces
 

@@ -47,6 +47,8 @@ def test_resume_ends_where_an_uninterrupted_run_ends(alice_corpus, tmp_path):
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6, msg=key)
     assert without_timing(read_log(split)) == without_timing(read_log(straight))
+    # Fine-tuning windows default to the sequence length pretraining used.
+    assert json.loads((split / "model-last" / "config.json").read_text())["trained_positions"] == TINY_OVERRIDES["bert_pretraining.max_length"]
 
 
 def test_nan_losses_are_skipped_then_stop_the_run(alice_corpus, tmp_path):
