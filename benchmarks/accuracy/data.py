@@ -163,6 +163,7 @@ def imdb_pretraining_text(cache: Path, n_docs: int | None) -> Path:
 def textcat_docbin(source: Path, out: Path, limit: int | None) -> Path:
     """A DocBin with exclusive pos/neg cats from a JSONL(.gz) of {"text", "label"}: all records,
     or a seeded label-balanced sample of `limit`."""
+    out = _with_limit(out, limit)
     if out.exists():
         return out
     import spacy
@@ -182,6 +183,7 @@ def textcat_docbin(source: Path, out: Path, limit: int | None) -> Path:
 
 def docbin_head(source: Path, out: Path, limit: int | None) -> Path:
     """The first `limit` docs of a DocBin (all of them for None)."""
+    out = _with_limit(out, limit)
     if limit is None:
         return source
     if not out.exists():
@@ -241,3 +243,8 @@ def _write_lines(out: Path, lines: Iterator[str]) -> None:
         for line in lines:
             file.write(line + "\n")
     tmp.rename(out)
+
+
+def _with_limit(path: Path, limit: int | None) -> Path:
+    """The cache file name says how many docs it holds, so budgets never share a subset."""
+    return path.with_name(f"{path.stem}-{limit or 'all'}{path.suffix}")

@@ -164,7 +164,7 @@ BUDGETS: dict[str, Budget] = {
         name="medium",
         news_docs=None, conll_pretrain_docs=None, imdb_pretrain_docs=10000, heldout_docs=50, eval_batches=10,
         ner_recipe=replace(NER_RECIPE, steps=8000), sentiment_recipe=replace(SENTIMENT_RECIPE, steps=6000),
-        ner_train_docs=None, ner_eval_docs=None, sst2_train=None, sst2_eval=None, imdb_train=2000, imdb_test=1000,
+        ner_train_docs=None, ner_eval_docs=None, sst2_train=None, sst2_eval=None, imdb_train=2000, imdb_test=500,
         train_dev_docs=20,
         ner=FineTune(steps=1000, learning_rate=5e-4, warmup_steps=50),
         sst2=FineTune(steps=600, learning_rate=5e-4, warmup_steps=30),
@@ -494,7 +494,7 @@ def plan(budget: Budget, tasks: dict[str, Task], corpora: dict[str, Path], run_d
         recipe = replace(budget.ner_recipe, lowercase=not budget.ner_recipe.lowercase)
         variants.append(("NER " + ("uncased" if recipe.lowercase else "cased"), recipe, "ner", tasks["ner"]))
     for name, recipe, main, task in variants:
-        slug = "ablation-" + name.lower().replace(",", "").replace("=", "-").replace(" ", "-").replace(".", "")
+        slug = "ablation-" + name.lower().replace(",", "").replace("=", "-").replace(" ", "-").replace(".", "").replace("/", "-")
         corpus = corpora[recipe.corpus]
         jobs.append(pretrain_job(recipe, corpus, run_dir / slug / "pretrain", budget, threads, after=pretrain_dirs[main]))
         jobs.append(bert_job(task, run_dir / slug / task.name, recipe, run_dir / slug / "pretrain", threads))
