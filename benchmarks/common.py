@@ -4,6 +4,7 @@ vocabulary, one subprocess per measured arm (for a clean peak RSS), and markdown
 Checkpoints are plain Hugging Face folders (`transformers.BertForPreTraining.save_pretrained`)
 cached under benchmarks/.cache/, so ours and spacy-transformers load exactly the same weights.
 """
+import argparse
 import gzip
 import json
 import os
@@ -148,6 +149,18 @@ def reset_peak_rss() -> None:
     """Restart VmHWM from the current RSS (Linux), so a later peak covers what follows only."""
     with open("/proc/self/clear_refs", "w") as file:
         file.write("5")
+
+
+def add_run_options(parser: argparse.ArgumentParser, peer_spans: bool = False) -> None:
+    """The options the arm-per-process benchmarks share: --threads, --json, the hidden --worker, and
+    with `peer_spans` the peer's strided_spans window and stride."""
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per arm, 0 for torch's default "
+                        "(1 keeps a shared machine's noise out of the measurements)")
+    if peer_spans:
+        parser.add_argument("--peer-window", type=int, default=128, help="peer strided_spans window (its default)")
+        parser.add_argument("--peer-stride", type=int, default=96, help="peer strided_spans stride (its default)")
+    parser.add_argument("--json", type=Path, help="also write all measurements to this file")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
 
 
 def machine() -> Dict[str, str]:

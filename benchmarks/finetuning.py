@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from common import (
+    add_run_options,
     BENCH_DIR,
     CACHE_DIR,
     SIZES,
@@ -266,13 +267,8 @@ def main() -> None:
     parser.add_argument("--batch-words", type=int, default=1000, help="spacy.batch_by_words.v1 size")
     parser.add_argument("--arms", default=",".join(ARMS),
                         help=f"comma-separated, from {ARMS}; also ours-wN, ours-bf16-wN (window N pieces)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per arm, 0 for torch's default "
-                        "(1 keeps a shared machine's noise out of the ratios)")
-    parser.add_argument("--peer-window", type=int, default=128, help="peer strided_spans window (its default)")
-    parser.add_argument("--peer-stride", type=int, default=96, help="peer strided_spans stride (its default)")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_STEPS} timed steps after 1 warm-up step")
-    parser.add_argument("--json", type=Path, help="also write all measurements to this file")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    add_run_options(parser, peer_spans=True)
     args = parser.parse_args()
     if args.worker:
         arm = ArmWorker(json.loads(args.worker))

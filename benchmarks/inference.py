@@ -26,6 +26,7 @@ from spacy.tokens import Doc
 
 from common import (
     Worker,
+    add_run_options,
     checkpoint,
     drain,
     imdb_texts,
@@ -231,13 +232,8 @@ def main() -> None:
     parser.add_argument("--n-docs", type=int, default=None, help="reviews per arm and batch size (default: by size)")
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds (at most one per batch of reviews)")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {ARMS}")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per arm, 0 for torch's default "
-                        "(1 keeps a shared machine's noise out of the ratios)")
-    parser.add_argument("--peer-window", type=int, default=128, help="peer strided_spans window (its default)")
-    parser.add_argument("--peer-stride", type=int, default=96, help="peer strided_spans stride (its default)")
     parser.add_argument("--quick", action="store_true", help=f"mini only, {QUICK_DOCS} reviews per arm")
-    parser.add_argument("--json", type=Path, help="also write all measurements to this file")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    add_run_options(parser, peer_spans=True)
     args = parser.parse_args()
     if args.worker:
         spec = json.loads(args.worker)

@@ -18,7 +18,7 @@ from typing import Any, Dict, List
 import spacy
 from spacy.tokens import Doc
 
-from common import checkpoint, drain, imdb_texts, machine, markdown_table, memory_mib, reset_peak_rss, run_once, serve
+from common import add_run_options, checkpoint, drain, imdb_texts, machine, markdown_table, memory_mib, reset_peak_rss, run_once, serve
 
 SCRIPT = Path(__file__).resolve()
 WORDS_PER_LENGTH_POINT = 20_000  # every length point encodes this many words (one or more docs)
@@ -91,11 +91,8 @@ def main() -> None:
     parser.add_argument("--size", default="mini", help="mini (4x256) or base (12x768)")
     parser.add_argument("--lengths", default="100,1000,5000,20000", help="doc lengths in words (spaCy tokens)")
     parser.add_argument("--corpus-sizes", default="100,200,400,800", help="numbers of IMDB test reviews")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads, 0 for torch's default "
-                        "(1 keeps a shared machine's noise out of the timings)")
     parser.add_argument("--quick", action="store_true", help="lengths up to 5,000 words, corpora up to 200 reviews")
-    parser.add_argument("--json", type=Path, help="also write all measurements to this file")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    add_run_options(parser)
     args = parser.parse_args()
     if args.worker:
         spec = json.loads(args.worker)

@@ -183,9 +183,9 @@ def textcat_docbin(source: Path, out: Path, limit: int | None) -> Path:
 
 def docbin_head(source: Path, out: Path, limit: int | None) -> Path:
     """The first `limit` docs of a DocBin (all of them for None)."""
-    out = _with_limit(out, limit)
     if limit is None:
         return source
+    out = _with_limit(out, limit)
     if not out.exists():
         from spacy.tokens import DocBin
         from spacy.vocab import Vocab

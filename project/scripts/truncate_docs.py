@@ -2,9 +2,9 @@
 
 Long documents cost a BERT encoder time in proportion to their length, while a news article's
 topic is clear from its first paragraph; the demo trains and evaluates text classification on the
-first 128 tokens to stay within its CPU time budget.
+first `textcat_max_tokens` (64) tokens to stay within its CPU time budget.
 
-    python scripts/truncate_docs.py corpus/textcat corpus/textcat-128 --max-tokens 128
+    python scripts/truncate_docs.py corpus/textcat corpus/textcat-short --max-tokens 64
 """
 
 from pathlib import Path
@@ -39,7 +39,7 @@ def main(
     for split in SPLITS:
         source = in_dir / f"{split}.spacy"
         if not source.exists():
-            typer.secho(f"{source} does not exist: run the `convert` command first", err=True, fg=typer.colors.RED)
+            typer.secho(f"{source} does not exist: run the project's `corpus` command first", err=True, fg=typer.colors.RED)
             raise typer.Exit(1)
         docs = [truncate(doc, max_tokens) for doc in DocBin().from_disk(source).get_docs(vocab)]
         DocBin(docs=docs, store_user_data=False).to_disk(out_dir / f"{split}.spacy")
