@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .config import BertConfig
+from .dropout import Dropout, attention
 
 
 class BertEmbeddings(nn.Module):
@@ -19,7 +20,7 @@ class BertEmbeddings(nn.Module):
         self.position = nn.Embedding(config.max_positions, config.hidden_width)
         self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_width)
         self.norm = nn.LayerNorm(config.hidden_width, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, input_ids: Tensor, token_type_ids: Optional[Tensor] = None) -> Tensor:
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
@@ -46,7 +47,7 @@ class BertSelfAttention(nn.Module):
         # (batch, length, 3 * width) -> 3 x (batch, heads, length, head_width)
         q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         dropout = self.attention_dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=dropout)
+        y = attention(q, k, v, attention_mask, dropout)
         return self.output(y.transpose(1, 2).reshape(batch, length, width))
 
 
@@ -58,7 +59,7 @@ class BertLayer(nn.Module):
         self.intermediate = nn.Linear(config.hidden_width, config.intermediate_width)
         self.output = nn.Linear(config.intermediate_width, config.hidden_width)
         self.output_norm = nn.LayerNorm(config.hidden_width, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x: Tensor, attention_mask: Optional[Tensor]) -> Tensor:
         x = self.attention_norm(x + self.dropout(self.attention(x, attention_mask)))
