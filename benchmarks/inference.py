@@ -8,7 +8,7 @@ clock starts, so the timings cover the encoder component only. Every arm runs in
 (for a clean peak RSS); the driver interleaves them round by round on the same reviews and reports
 the median of the per-round ratios to the peer, so machine noise hits all arms alike.
 
-    python benchmarks/inference.py            # default run, < 10 minutes on 2 cores
+    python benchmarks/inference.py            # default run, about 10 minutes on 2 busy cores
     python benchmarks/inference.py --quick    # a smoke run of about a minute
 """
 import argparse
@@ -17,7 +17,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy
 import spacy
@@ -39,11 +39,15 @@ from common import (
 )
 
 SCRIPT = Path(__file__).resolve()
-ARMS = ("ours", "peer", "ours-bf16")
+ARMS = ("ours", "peer", "ours-bf16", "ours-int8")
+# Our arms' [components.bert_encoder.model] settings.
+OUR_SETTINGS: Dict[str, Dict[str, str]] = {
+    "ours": {}, "ours-bf16": {"autocast": "bf16"}, "ours-int8": {"quantize": "int8"},
+}
 # Reviews per arm, by model size and batch size (batch size 1 is slower, so fewer docs).
 DEFAULT_DOCS = {("mini", 1): 100, ("mini", 64): 400, ("base", 1): 24, ("base", 64): 64}
 QUICK_DOCS = 40
-# Reviews for the vector checks: (bf16 vs fp32, ours vs peer on short reviews), by model size.
+# Reviews for the vector checks: (bf16 and int8 vs fp32, ours vs peer on short reviews), by model size.
 CHECK_DOCS = {"mini": (100, 100), "base": (32, 50)}
 WARMUP_DOCS = 8
 SHORT_WORDS = 100  # "short" reviews fit in one window for both: the vectors must agree there
@@ -53,9 +57,9 @@ MEAN_POOL_SETTER = "benchmarks.trf_mean_pool.v1"
 # ---- pipelines -------------------------------------------------------------------------------
 
 
-def ours_pipeline(size: str, autocast: str = "") -> Language:
+def ours_pipeline(size: str, settings: Optional[Dict[str, str]] = None) -> Language:
     nlp = spacy.blank("en")
-    model = {"@architectures": "spacy_bert_plugin.BertEncoder.v1", "autocast": autocast or None}
+    model = {"@architectures": "spacy_bert_plugin.BertEncoder.v1", **(settings or {})}
     nlp.add_pipe("bert_encoder", config={"checkpoint": str(checkpoint(size)), "model": model})
     nlp.initialize()
     return nlp
@@ -104,7 +108,7 @@ def strided_spans(window: int, stride: int) -> Dict[str, Any]:
 def build(arm: str, size: str, spans: Dict[str, Any]) -> Language:
     if arm == "peer":
         return peer_pipeline(size, spans)
-    return ours_pipeline(size, "bf16" if arm == "ours-bf16" else "")
+    return ours_pipeline(size, OUR_SETTINGS[arm])
 
 
 # ---- workers (one process per arm) -----------------------------------------------------------
@@ -140,7 +144,7 @@ class ArmWorker:
 
 def compare(spec: Dict[str, Any]) -> Dict[str, Any]:
     """Vectors: ours vs the peer on short reviews (one window each, the whole doc as the peer's
-    span), and ours in bf16 vs fp32 on the benchmark's first reviews."""
+    span), and ours in bf16 and in int8 vs fp32 on the benchmark's first reviews."""
     import torch
 
     if spec["threads"]:
@@ -160,18 +164,22 @@ def compare(spec: Dict[str, Any]) -> Dict[str, Any]:
             agree.append(float(numpy.abs(ours_doc.tensor - peer_doc.tensor).max()))
     texts = imdb_texts("test", spec["n_docs"])
     fp32 = numpy.concatenate([doc.tensor for doc in ours.pipe(texts)])
-    bf16 = numpy.concatenate([doc.tensor for doc in ours_pipeline(size, "bf16").pipe(texts)])
-    norms = numpy.linalg.norm(fp32, axis=1) * numpy.linalg.norm(bf16, axis=1)
-    cosine = (fp32 * bf16).sum(axis=1)[norms > 0] / norms[norms > 0]
-    return {
-        **spec,
-        "short_docs": len(short),
-        "same_pieces": n_same_pieces,
-        "max_abs_vs_peer": max(agree, default=float("nan")),
-        "bf16_max_abs": float(numpy.abs(fp32 - bf16).max()),
-        "bf16_min_cosine": float(cosine.min()),
-        "bf16_mean_cosine": float(cosine.mean()),
-    }
+    result = {**spec, "short_docs": len(short), "same_pieces": n_same_pieces,
+              "max_abs_vs_peer": max(agree, default=float("nan"))}
+    for arm in ("ours-bf16", "ours-int8"):
+        other = numpy.concatenate([doc.tensor for doc in ours_pipeline(size, OUR_SETTINGS[arm]).pipe(texts)])
+        name = arm.split("-")[1]
+        result.update({f"{name}_{key}": value for key, value in vector_agreement(fp32, other).items()})
+    return result
+
+
+def vector_agreement(fp32: numpy.ndarray, other: numpy.ndarray) -> Dict[str, float]:
+    """Max abs difference and min / mean cosine of two runs' token vectors (rows); tokens without
+    pieces (zero vectors) are left out of the cosines."""
+    norms = numpy.linalg.norm(fp32, axis=1) * numpy.linalg.norm(other, axis=1)
+    cosine = (fp32 * other).sum(axis=1)[norms > 0] / norms[norms > 0]
+    return {"max_abs": float(numpy.abs(fp32 - other).max()), "min_cosine": float(cosine.min()),
+            "mean_cosine": float(cosine.mean())}
 
 
 # ---- driver ----------------------------------------------------------------------------------
@@ -269,9 +277,12 @@ def report(rows: List[Dict[str, Any]], checks: List[Dict[str, Any]], info: Dict[
           f"{r['ratio_cpu']:.2f}x", r["load_rss_mib"], r["load_peak_mib"], r["pipe_peak_mib"]] for r in rows],
     )
     vectors = markdown_table(
-        ["size", "short docs", "same pieces", "max abs vs peer", "bf16 max abs", "bf16 min cos", "bf16 mean cos"],
-        [[c["size"], c["short_docs"], c["same_pieces"], f"{c['max_abs_vs_peer']:.2e}", f"{c['bf16_max_abs']:.2e}",
-          f"{c['bf16_min_cosine']:.6f}", f"{c['bf16_mean_cosine']:.7f}"] for c in checks],
+        ["size", "short docs", "same pieces", "max abs vs peer", "bf16 max abs", "bf16 min cos", "bf16 mean cos",
+         "int8 max abs", "int8 min cos", "int8 mean cos"],
+        [[c["size"], c["short_docs"], c["same_pieces"], f"{c['max_abs_vs_peer']:.2e}",
+          *(cell for name in ("bf16", "int8") for cell in (
+              f"{c[f'{name}_max_abs']:.2e}", f"{c[f'{name}_min_cosine']:.6f}", f"{c[f'{name}_mean_cosine']:.7f}"))]
+         for c in checks],
     )
     return f"\n{header}\n\n{speed}\n\n{vectors}"
 

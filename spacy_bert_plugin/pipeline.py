@@ -37,6 +37,8 @@ pooling = "mean"
 window = null
 max_batch_pieces = 4096
 autocast = null
+# "int8": dynamic int8 nn.Linear layers for CPU inference (not training); saved weights stay float32.
+quantize = null
 """
 DEFAULT_MODEL_CONFIG = util.load_config_from_str(DEFAULT_BERT_MODEL)["model"]
 

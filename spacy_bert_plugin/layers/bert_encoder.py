@@ -1,13 +1,25 @@
 """The `spacy_bert_plugin.BertEncoder.v1` architecture: Docs -> one vector per token.
 
 The PyTorch encoder is made at `initialize` (random, or from a checkpoint) or when a saved
-pipeline is loaded, because its sizes and vocabulary are only known then.
+pipeline is loaded, because its sizes and vocabulary are only known then. With `quantize = "int8"`
+the forward pass runs a dynamically quantized copy, while the float32 encoder stays the one that is
+saved and exported.
 """
+import copy
+import warnings
 from typing import Callable, List, Optional, Tuple
 
 import torch
 from spacy.tokens import Doc
-from thinc.api import ArgsKwargs, Model, PyTorchGradScaler, PyTorchWrapper_v2, torch2xp, xp2torch
+from thinc.api import (
+    ArgsKwargs,
+    Model,
+    PyTorchGradScaler,
+    PyTorchWrapper_v2,
+    get_torch_default_device,
+    torch2xp,
+    xp2torch,
+)
 from thinc.types import Floats2d
 
 from ..bert.config import BertConfig
@@ -15,6 +27,8 @@ from ..bert.encoder import BertEncoder as TorchBertEncoder
 from ..bert.pooling import POOLING_MODES, WordEncoder
 from ..pieces import WordPieces
 from .windows import PieceBatch, docs_to_batch
+
+QUANTIZE_MODES = (None, "int8")
 
 
 def BertEncoder(
@@ -29,13 +43,20 @@ def BertEncoder(
     window: Optional[int] = None,
     max_batch_pieces: int = 4096,
     autocast: Optional[str] = None,
+    quantize: Optional[str] = None,
 ) -> Model[List[Doc], List[Floats2d]]:
     """BERT over WordPiece windows, pieces pooled per token (`mean`, `first` or `last`).
     `window` is the most pieces per window without [CLS]/[SEP] (default: the positions the
     checkpoint was pretrained on, else max_positions, less 2);
-    `autocast` = "bf16" or "fp16" runs the encoder in mixed precision."""
+    `autocast` = "bf16" or "fp16" runs the encoder in mixed precision;
+    `quantize` = "int8" runs its nn.Linear layers in dynamic int8 (CPU inference only)."""
     if pooling not in POOLING_MODES:
         raise ValueError(f"pooling must be one of {POOLING_MODES}, not {pooling!r}")
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(f'quantize must be null (None) or "int8", not {quantize!r}')
+    if quantize is not None and autocast is not None:
+        # The int8 Linear kernels take float32 input only; bf16 activations would reach them.
+        raise ValueError(f'quantize = "{quantize}" and autocast = "{autocast}" cannot be combined: set one to null')
     config = BertConfig(
         hidden_width=hidden_width,
         num_layers=num_layers,
@@ -56,6 +77,8 @@ def BertEncoder(
             "window": window,
             "max_batch_pieces": max_batch_pieces,
             "autocast": autocast,
+            "quantize": quantize,
+            "float_encoder": None,  # with quantize: the float32 encoder, the one saved
         },
     )
 
@@ -66,9 +89,14 @@ def set_encoder(model: Model, encoder: TorchBertEncoder, pieces: WordPieces) -> 
         raise ValueError(
             f"the vocabulary has {pieces.vocab_size} pieces but the encoder only {encoder.config.vocab_size} embeddings"
         )
-    autocast = model.attrs["autocast"]
+    autocast, quantize = model.attrs["autocast"], model.attrs["quantize"]
+    if quantize is not None and get_torch_default_device().type != "cpu":
+        raise ValueError(
+            f'quantize = "{quantize}" runs on the CPU only (PyTorch\'s dynamic int8 kernels): '
+            "set [components.bert_encoder.model] quantize = null on a GPU"
+        )
     wrapper = PyTorchWrapper_v2(
-        WordEncoder(encoder, model.attrs["pooling"], autocast),
+        WordEncoder(encoder if quantize is None else quantize_int8(encoder), model.attrs["pooling"], autocast),
         convert_inputs=_batch_to_torch,
         convert_outputs=_words_from_torch,
         grad_scaler=PyTorchGradScaler(enabled=autocast == "fp16"),
@@ -76,13 +104,30 @@ def set_encoder(model: Model, encoder: TorchBertEncoder, pieces: WordPieces) -> 
     model.layers[:] = [wrapper]
     model.attrs["bert_config"] = encoder.config
     model.attrs["pieces"] = pieces
+    model.attrs["float_encoder"] = None if quantize is None else encoder
     model.set_dim("nO", encoder.config.hidden_width, force=True)
 
 
 def get_encoder(model: Model) -> TorchBertEncoder:
+    """The float32 encoder: the one to save, also when the forward pass runs a quantized copy."""
     if not model.layers:
         raise ValueError("the BERT encoder has no weights yet: call nlp.initialize() first")
+    if model.attrs["float_encoder"] is not None:
+        return model.attrs["float_encoder"]
     return model.layers[0].shims[0]._model.encoder
+
+
+def quantize_int8(encoder: TorchBertEncoder) -> TorchBertEncoder:
+    """A copy of `encoder` with dynamically quantized int8 nn.Linear layers. The copy's modules
+    share `encoder`'s tensors (no float32 weight is copied): quantization replaces the copy's
+    Linear modules by new int8 ones and leaves `encoder` as it was."""
+    clone = copy.deepcopy(encoder, memo={id(t): t for t in [*encoder.parameters(), *encoder.buffers()]})
+    with warnings.catch_warnings():
+        # torch 2.13 deprecates torch.ao.quantization (for torchao) but it still works; silence
+        # just those two notices, which would otherwise print on every spacy.load.
+        warnings.filterwarnings("ignore", "torch.ao.quantization is deprecated", DeprecationWarning)
+        warnings.filterwarnings("ignore", "torch.quantize_per_tensor, torch.quantize_per_channel", UserWarning)
+        return torch.ao.quantization.quantize_dynamic(clone, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
 def new_random_encoder(model: Model, pieces: WordPieces) -> TorchBertEncoder:
@@ -105,6 +150,11 @@ def window_size(model: Model) -> int:
 def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[List[Floats2d], Callable]:
     if not model.layers:
         raise ValueError("the BERT encoder has no weights yet: call nlp.initialize() first")
+    if is_train and model.attrs["quantize"] is not None:
+        raise ValueError(
+            f'quantize = "{model.attrs["quantize"]}" is for inference only: '
+            "set [components.bert_encoder.model] quantize = null to train"
+        )
     batch = docs_to_batch(docs, model.attrs["pieces"], window_size(model), model.attrs["max_batch_pieces"])
     width = model.get_dim("nO")
     if not batch.chunks:
