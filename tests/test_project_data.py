@@ -138,6 +138,12 @@ def test_ner_command_writes_deterministic_disjoint_splits(tmp_path):
     assert [len(docs) for docs in small_splits.values()] == [2, 2, 2]
     assert [d.text for d in small_splits["dev"]] == [d.text for d in splits["dev"][:2]]
 
+    wide = tmp_path / "wide"
+    assert runner.invoke(prep.app, ["ner", str(source), str(wide), "--eval-fraction", "0.2"]).exit_code == 0
+    wide_splits = read_splits(wide)
+    assert [len(wide_splits[name]) for name in ("train", "dev", "test")] == [18, 6, 6]
+    assert_disjoint(wide_splits)
+
 
 def test_ner_jsonl(tmp_path):
     source = tmp_path / "ner.jsonl"

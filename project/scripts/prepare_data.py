@@ -3,6 +3,7 @@
     python scripts/prepare_data.py raw-text assets/NewsArticles.zip corpus/raw_text.jsonl
     python scripts/prepare_data.py textcat assets/bbcnews corpus/textcat
     python scripts/prepare_data.py ner assets/wnut16_ner.txt corpus/ner
+    python scripts/prepare_data.py mix corpus/raw_text.jsonl corpus/pretrain_text.jsonl --add corpus/ner/train.spacy
 
 `textcat` and `ner` write train.spacy, dev.spacy and test.spacy (80/10/10). The split is a
 seeded shuffle of the input in file order, so the same input and seed always give the same
@@ -30,7 +31,7 @@ from spacy.vocab import Vocab
 
 LANG = "en"
 SEED = 0
-EVAL_FRACTION = 0.1  # dev and test each get this share; train gets the rest
+EVAL_FRACTION = 0.1  # default share of dev and of test; train gets the rest
 SPLITS = ("train", "dev", "test")
 IOB_TAG = re.compile(r"O|[BI]-\S+")
 
@@ -59,11 +60,11 @@ def reported_errors() -> Iterator[None]:
 # Splitting and writing
 
 
-def split_items(items: Sequence[T], rng: random.Random) -> dict[str, list[T]]:
-    """Shuffle `items` with `rng` and cut them 80/10/10 into train/dev/test."""
+def split_items(items: Sequence[T], rng: random.Random, eval_fraction: float = EVAL_FRACTION) -> dict[str, list[T]]:
+    """Shuffle `items` with `rng` and cut them into train/dev/test, dev and test `eval_fraction` each."""
     shuffled = list(items)
     rng.shuffle(shuffled)
-    n_eval = round(len(shuffled) * EVAL_FRACTION)
+    n_eval = round(len(shuffled) * eval_fraction)
     return {
         "train": shuffled[2 * n_eval:],
         "dev": shuffled[:n_eval],
@@ -208,6 +209,29 @@ def raw_text(
     srsly.write_jsonl(output, ({"text": text} for text in texts))
     words = sum(len(text.split()) for text in texts)
     typer.echo(f"{len(raw)} rows read, {len(texts)} docs written ({words} words) to {output}")
+
+
+@app.command("mix")
+def mix(
+    raw_text: Path = typer.Argument(..., exists=True, dir_okay=False, help="Pretraining JSONL from `raw-text`"),
+    output: Path = typer.Argument(..., help="JSONL file to write: the raw text plus the added texts, shuffled"),
+    add: list[Path] = typer.Option(..., "--add", exists=True, dir_okay=False,
+                                   help="DocBin whose texts are added, e.g. corpus/ner/train.spacy (repeatable)"),
+    copies: int = typer.Option(5, "--copies", min=0, help="Copies of each added text"),
+    seed: int = typer.Option(SEED, "--seed", help="Seed of the shuffle"),
+) -> None:
+    """Pretraining text + `copies` copies of a task's training texts: in-domain text for the encoder
+    (only a training split: dev and test texts must stay unseen)."""
+    with reported_errors():
+        docs = [obj for _, obj in read_jsonl(raw_text)]
+    vocab = Vocab()
+    added = [{"text": doc.text} for path in add for doc in DocBin().from_disk(path).get_docs(vocab)]
+    docs += added * copies
+    random.Random(seed).shuffle(docs)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    srsly.write_jsonl(output, docs)
+    typer.echo(f"{len(docs)} docs written to {output}: {raw_text} and {copies} x {len(added)} texts from "
+               + ", ".join(map(str, add)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,8 +383,11 @@ def ner(
     out_dir: Path = typer.Argument(..., help="Folder for train.spacy, dev.spacy, test.spacy"),
     max_per_split: Optional[int] = typer.Option(None, "--max-per-split", min=1, help="Keep the first N docs per split"),
     seed: int = typer.Option(SEED, "--seed", help="Seed of the split shuffle"),
+    eval_fraction: float = typer.Option(EVAL_FRACTION, "--eval-fraction", min=0.01, max=0.45,
+                                        help="Share of the examples in dev and in test, each"),
 ) -> None:
-    """Entity-annotated sentences -> NER DocBins (one sentence per doc), deduplicated and split 80/10/10."""
+    """Entity-annotated sentences -> NER DocBins (one sentence per doc), deduplicated and split into
+    train/dev/test (80/10/10 by default)."""
     nlp = spacy.blank(LANG)
     with reported_errors():
         if source.suffix == ".jsonl":
@@ -373,7 +400,7 @@ def ner(
                     f"e.g. {skipped[0]}", fg=typer.colors.YELLOW)
     unique = drop_duplicates(docs)
     typer.echo(f"{len(docs)} examples read, {len(docs) - len(unique)} duplicate texts dropped")
-    written = write_splits(split_items(unique, random.Random(seed)), out_dir, max_per_split)
+    written = write_splits(split_items(unique, random.Random(seed), eval_fraction), out_dir, max_per_split)
     print_counts(written, lambda doc: [ent.label_ for ent in doc.ents], unit="ents")
 
 
