@@ -2,7 +2,7 @@
 
 torch's CPU dropout draws one Bernoulli sample per element, and in a BERT-Mini fine-tuning step
 those draws took 11 % of the time, more than the softmax, GELU and LayerNorm together
-(benchmarks/README.md, "Where fine-tuning time goes"). Here four elements share one 64-bit draw,
+(benchmarks/README.md, fine-tuning, "The CPU dropout"). Here four elements share one 64-bit draw,
 16 bits each, which is about 6x cheaper; the drop rate is `p` rounded to a multiple of 1/65536.
 On other devices torch's fused kernels are already fast and are used as they are.
 """
