@@ -262,6 +262,23 @@ def test_raw_text_from_csv_zip(tmp_path):
     assert result.exit_code == 1 and "no column 'body'" in result.output
 
 
+def test_mix_adds_copies_of_training_texts_shuffled(tmp_path):
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text("".join(json.dumps({"text": f"article {i}"}) + "\n" for i in range(20)), encoding="utf8")
+    nlp = spacy.blank("en")
+    train = tmp_path / "train.spacy"
+    DocBin(docs=[nlp.make_doc("tweet one"), nlp.make_doc("tweet two")]).to_disk(train)
+    out = tmp_path / "mixed.jsonl"
+    result = runner.invoke(prep.app, ["mix", str(raw), str(out), "--add", str(train), "--copies", "3"])
+    assert result.exit_code == 0, result.output
+    texts = [json.loads(line)["text"] for line in out.read_text(encoding="utf8").splitlines()]
+    assert sorted(texts) == sorted([f"article {i}" for i in range(20)] + ["tweet one", "tweet two"] * 3)
+    assert texts[:20] != [f"article {i}" for i in range(20)]  # shuffled, not appended
+    first = out.read_bytes()
+    assert runner.invoke(prep.app, ["mix", str(raw), str(out), "--add", str(train), "--copies", "3"]).exit_code == 0
+    assert out.read_bytes() == first
+
+
 # ---------------------------------------------------------------------------------------------
 # Fetching
 
