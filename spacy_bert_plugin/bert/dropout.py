@@ -1,7 +1,8 @@
 """Dropout with a cheaper random mask on CPU.
 
 torch's CPU dropout draws one Bernoulli sample per element, and in a BERT-Mini fine-tuning step
-those draws took 11 % of the time, more than the softmax, GELU and LayerNorm together
+those draws took 13 % of the time, more than the softmax, GELU and LayerNorm together, and more
+still with bf16 autocast, which makes the matrix products cheaper but not the draws
 (benchmarks/README.md, fine-tuning, "The CPU dropout"). Here four elements share one 64-bit draw,
 16 bits each, which is about 6x cheaper; the drop rate is `p` rounded to a multiple of 1/65536.
 On other devices torch's fused kernels are already fast and are used as they are.
@@ -27,9 +28,10 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     if dropped_levels == _LEVELS:
         return x * 0.0
     words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
-    bits = words.view(torch.int16)[: x.numel()].view(x.shape)
-    keep = bits >= dropped_levels - _LEVELS // 2
-    return x * keep * (_LEVELS / (_LEVELS - dropped_levels))
+    keep = words.view(torch.int16)[: x.numel()].view(x.shape) >= dropped_levels - _LEVELS // 2
+    del words
+    # In place: the product is not saved for backward, and attention weights are large.
+    return (x * keep).mul_(_LEVELS / (_LEVELS - dropped_levels))
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], dropout_p: float) -> Tensor:
@@ -39,10 +41,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], dropout_p
     with per-element Bernoulli draws: the same computation with `dropout` is faster."""
     if dropout_p == 0.0 or q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    weights = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return dropout(scores.softmax(dim=-1), dropout_p) @ v
+        weights.masked_fill_(~mask, float("-inf"))
+    weights = weights.softmax(dim=-1)  # rebinding frees the scores: softmax keeps only its output
+    return dropout(weights, dropout_p) @ v
 
 
 class Dropout(nn.Module):
