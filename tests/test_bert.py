@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tiny_bert import bert_nlp
+from spacy_bert_plugin.bert.encoder import attention
 from spacy_bert_plugin.bert.hf import from_hf_state, to_hf_state
 from spacy_bert_plugin.checkpoint import load_checkpoint
 
@@ -126,6 +127,19 @@ def test_encoder_without_padding_mask_matches_masked(hf_checkpoint):
         unmasked = model.encoder(ids)
         masked = model.encoder(ids, torch.ones_like(ids, dtype=torch.bool))
     torch.testing.assert_close(unmasked, masked, atol=1e-6, rtol=0)
+
+
+def test_attention_path_with_dropout_matches_sdpa_apart_from_the_mask():
+    """With a drop rate too small to drop anything, the CPU dropout path computes exactly what
+    `scaled_dot_product_attention` does, padding mask included."""
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(2, 4, 9, 16) for _ in range(3))
+    mask = torch.ones(2, 1, 1, 9, dtype=torch.bool)
+    mask[1, ..., 6:] = False
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(attention(q, k, v, mask, 1e-9), expected, atol=1e-5, rtol=0)
+    dropped = attention(q, k, v, mask, 0.5)
+    assert dropped.shape == expected.shape and not torch.allclose(dropped, expected)
 
 
 def test_hf_state_round_trip(hf_checkpoint):

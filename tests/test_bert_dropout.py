@@ -1,9 +1,8 @@
-"""The CPU dropout mask and the attention that uses it, against torch's own functions."""
+"""The CPU dropout mask: rate, independence of the elements sharing a draw, gradient, seeding."""
 import pytest
 import torch
-from torch.nn import functional as F
 
-from spacy_bert_plugin.bert.dropout import Dropout, attention, dropout
+from spacy_bert_plugin.bert.dropout import Dropout, dropout
 
 
 @pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
@@ -55,15 +54,3 @@ def test_seeded_masks_repeat_and_module_follows_train_mode():
     layer.eval()
     assert layer(x) is x
 
-
-def test_attention_path_with_dropout_matches_sdpa_apart_from_the_mask():
-    """With a drop rate too small to drop anything, the CPU dropout path computes exactly what
-    `scaled_dot_product_attention` does, padding mask included."""
-    torch.manual_seed(2)
-    q, k, v = (torch.randn(2, 4, 9, 16) for _ in range(3))
-    mask = torch.ones(2, 1, 1, 9, dtype=torch.bool)
-    mask[1, ..., 6:] = False
-    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    torch.testing.assert_close(attention(q, k, v, mask, 1e-9), expected, atol=1e-5, rtol=0)
-    dropped = attention(q, k, v, mask, 0.5)
-    assert dropped.shape == expected.shape and not torch.allclose(dropped, expected)

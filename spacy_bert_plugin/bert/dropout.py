@@ -5,10 +5,9 @@ those draws took 13 % of the time, more than the softmax, GELU and LayerNorm tog
 still with bf16 autocast, which makes the matrix products cheaper but not the draws
 (benchmarks/README.md, fine-tuning, "The CPU dropout"). Here four elements share one 64-bit draw,
 16 bits each, which is about 6x cheaper; the drop rate is `p` rounded to a multiple of 1/65536.
-On other devices torch's fused kernels are already fast and are used as they are.
+On other devices torch's fused kernels are already fast and are used as they are. The encoder's
+attention uses it too when dropout is on (`encoder.attention`).
 """
-from typing import Optional
-
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -32,20 +31,6 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     del words
     # In place: the product is not saved for backward, and attention weights are large.
     return (x * keep).mul_(_LEVELS / (_LEVELS - dropped_levels))
-
-
-def attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], dropout_p: float) -> Tensor:
-    """Scaled dot-product attention; `mask` is True where a query may attend.
-
-    With dropout on a CPU, torch's `scaled_dot_product_attention` falls back to an unfused path
-    with per-element Bernoulli draws: the same computation with `dropout` is faster."""
-    if dropout_p == 0.0 or q.device.type != "cpu":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-    weights = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
-    if mask is not None:
-        weights.masked_fill_(~mask, float("-inf"))
-    weights = weights.softmax(dim=-1)  # rebinding frees the scores: softmax keeps only its output
-    return dropout(weights, dropout_p) @ v
 
 
 class Dropout(nn.Module):

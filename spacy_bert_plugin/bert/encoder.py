@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .config import BertConfig
-from .dropout import Dropout, attention
+from .dropout import Dropout, dropout
 
 
 class BertEmbeddings(nn.Module):
@@ -30,6 +30,20 @@ class BertEmbeddings(nn.Module):
         else:
             x = x + self.token_type(token_type_ids)
         return self.dropout(self.norm(x))
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], dropout_p: float) -> Tensor:
+    """Scaled dot-product attention; `mask` is True where a query may attend.
+
+    With dropout on a CPU, torch's `scaled_dot_product_attention` falls back to an unfused path
+    with per-element Bernoulli draws: the same computation with `dropout` is faster."""
+    if dropout_p == 0.0 or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    weights = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
+    if mask is not None:
+        weights.masked_fill_(~mask, float("-inf"))
+    weights = weights.softmax(dim=-1)  # rebinding frees the scores: softmax keeps only its output
+    return dropout(weights, dropout_p) @ v
 
 
 class BertSelfAttention(nn.Module):
