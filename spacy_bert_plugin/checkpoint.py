@@ -31,14 +31,22 @@ class CheckpointError(ValueError):
     """A checkpoint folder that cannot be used; the message names the file and the problem."""
 
 
-def load_checkpoint(folder: Union[str, Path]) -> Tuple[BertForPretraining, WordPieces]:
+def load_checkpoint(
+    folder: Union[str, Path], *, dropout: Optional[float] = None, attention_dropout: Optional[float] = None
+) -> Tuple[BertForPretraining, WordPieces]:
     """Read a checkpoint folder into our model (pretraining heads stay randomly initialized when
-    the folder has none) and its WordPiece vocabulary. Everything is checked before use."""
+    the folder has none) and its WordPiece vocabulary. Everything is checked before use.
+    `dropout` and `attention_dropout`, when given, replace the rates in its config.json: they
+    belong to the training that follows, not to the weights."""
     folder = Path(folder)
     recover_interrupted_save(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist (or is not a folder)")
     config = read_config(folder / CONFIG_FILE)
+    if dropout is not None:
+        config.dropout = dropout
+    if attention_dropout is not None:
+        config.attention_dropout = attention_dropout
     try:
         pieces = WordPieces.from_disk(folder)
     except (FileNotFoundError, ValueError) as err:

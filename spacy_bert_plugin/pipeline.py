@@ -20,7 +20,7 @@ from thinc.types import Floats2d
 
 from . import __version__
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .layers import get_encoder, new_random_encoder, set_encoder
+from .layers import dropout_rates, get_encoder, new_random_encoder, set_encoder
 from .pieces import WordPieces
 
 DEFAULT_BERT_MODEL = """
@@ -106,7 +106,7 @@ class BertEncoderComponent(Tok2Vec):
         vocabulary from the examples' texts and start from random weights."""
         checkpoint = checkpoint if checkpoint is not None else self.cfg["checkpoint"]
         if checkpoint is not None:
-            pretrained, pieces = load_checkpoint(checkpoint)
+            pretrained, pieces = load_checkpoint(checkpoint, **dropout_rates(self.model))
             encoder = pretrained.encoder
         else:
             validate_get_examples(get_examples, "BertEncoderComponent.initialize")
@@ -195,7 +195,7 @@ class BertEncoderComponent(Tok2Vec):
         self.cfg["plugin_version"] = __version__
 
     def _load_model(self, path: Path) -> None:
-        pretrained, pieces = load_checkpoint(path)
+        pretrained, pieces = load_checkpoint(path, **dropout_rates(self.model))
         set_encoder(self.model, pretrained.encoder, pieces)
 
 

@@ -156,6 +156,26 @@ def test_windows_default_to_the_pretrained_positions(hf_checkpoint, tmp_path):
     assert window_size(spacy.load(tmp_path / "pipeline").get_pipe("bert_encoder").model) == positions // 2 - 2
 
 
+def test_dropout_rates_come_from_the_model_config_not_the_checkpoint(hf_checkpoint, tmp_path):
+    """Dropout belongs to the training that follows: a checkpoint pretrained with (or without) it
+    is fine-tuned with the rates of [components.bert_encoder.model], and saved with them."""
+    assert json.loads((hf_checkpoint / "config.json").read_text())["hidden_dropout_prob"] > 0
+
+    def train_outputs_differ(nlp) -> bool:
+        docs = [nlp.make_doc(text) for text in TEXTS]
+        model = nlp.get_pipe("bert_encoder").model
+        first, _ = model(docs, is_train=True)
+        second, _ = model(docs, is_train=True)
+        return any(not numpy.array_equal(a, b) for a, b in zip(first, second))
+
+    assert not train_outputs_differ(bert_nlp(hf_checkpoint, hidden_width=32, dropout=0.0, attention_dropout=0.0))
+    nlp = bert_nlp(hf_checkpoint, hidden_width=32, dropout=0.3, attention_dropout=0.2)
+    assert train_outputs_differ(nlp)
+    nlp.to_disk(tmp_path / "pipeline")
+    saved = json.loads((tmp_path / "pipeline" / "bert_encoder" / "model" / "config.json").read_text())
+    assert (saved["hidden_dropout_prob"], saved["attention_probs_dropout_prob"]) == (0.3, 0.2)
+
+
 def test_uninitialized_component_says_so():
     nlp = spacy.blank("en")
     nlp.add_pipe("bert_encoder")

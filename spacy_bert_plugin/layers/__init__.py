@@ -1,3 +1,3 @@
-from .bert_encoder import BertEncoder, get_encoder, new_random_encoder, set_encoder
+from .bert_encoder import BertEncoder, dropout_rates, get_encoder, new_random_encoder, set_encoder
 
-__all__ = ["BertEncoder", "get_encoder", "new_random_encoder", "set_encoder"]
+__all__ = ["BertEncoder", "dropout_rates", "get_encoder", "new_random_encoder", "set_encoder"]

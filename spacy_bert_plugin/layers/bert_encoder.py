@@ -7,7 +7,7 @@ saved and exported.
 """
 import copy
 import warnings
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from spacy.tokens import Doc
@@ -128,6 +128,12 @@ def quantize_int8(encoder: TorchBertEncoder) -> TorchBertEncoder:
         warnings.filterwarnings("ignore", "torch.ao.quantization is deprecated", DeprecationWarning)
         warnings.filterwarnings("ignore", "torch.quantize_per_tensor, torch.quantize_per_channel", UserWarning)
         return torch.ao.quantization.quantize_dynamic(clone, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
+def dropout_rates(model: Model) -> Dict[str, float]:
+    """The configured dropout rates, which a checkpoint's encoder is given in place of its own."""
+    config = model.attrs["bert_config"]
+    return {"dropout": config.dropout, "attention_dropout": config.attention_dropout}
 
 
 def new_random_encoder(model: Model, pieces: WordPieces) -> TorchBertEncoder:

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from ..bert.config import BertConfig
 from ..bert.heads import BertForPretraining
 from ..checkpoint import load_checkpoint, recover_interrupted_save, save_checkpoint
+from ..layers import dropout_rates
 from ..pieces import WordPieces
 from .corpus import CorpusError, CorpusStats, PieceCorpus, build_piece_corpora, cache_folder, read_docs, read_texts
 from .instances import Batch, build_batch, iterate_batches
@@ -113,7 +114,7 @@ def pretrain(
         raise PretrainingError(f"--resume: {last_dir / STATE_FILE} does not exist; start without --resume")
 
     if resume:
-        model, pieces = load_checkpoint(last_dir)
+        model, pieces = load_checkpoint(last_dir, **dropout_rates(component.model))
     else:
         model, pieces = _initial_model(interpolated, component, raw_text, settings, dist)
     if settings.max_length > model.config.max_positions:
@@ -314,7 +315,7 @@ def _initial_model(
     init = config.get("initialize", {}).get("components", {}).get(component.name, {})
     checkpoint = init.get("checkpoint") or component.cfg["checkpoint"]
     if checkpoint:
-        return load_checkpoint(checkpoint)
+        return load_checkpoint(checkpoint, **dropout_rates(component.model))
     pieces = _learned_vocab(raw_text, component, settings, dist)
     bert_config: BertConfig = component.model.attrs["bert_config"]
     bert_config.vocab_size = pieces.vocab_size
