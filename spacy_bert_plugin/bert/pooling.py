@@ -5,9 +5,9 @@ import torch
 from torch import Tensor, nn
 
 from .encoder import BertEncoder
+from .precision import AUTOCAST_DTYPES, mixed_precision
 
 POOLING_MODES = ("mean", "first", "last")
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def pool_pieces(hidden: Tensor, piece_word: Tensor, n_words: int, mode: str) -> Tensor:
@@ -51,10 +51,8 @@ class WordEncoder(nn.Module):
     ) -> Tensor:
         """`chunks`: (input_ids (windows, length), padding mask or None) each; their pieces,
         flattened in order, are the pieces `piece_word` describes."""
-        device = piece_word.device
-        dtype = AUTOCAST_DTYPES.get(self.autocast or "", torch.float32)
         hidden: List[Tensor] = []
-        with torch.autocast(device.type, dtype=dtype, enabled=self.autocast is not None):
+        with mixed_precision(self.autocast, piece_word.device):
             for input_ids, padding_mask in chunks:
                 out = self.encoder(input_ids, padding_mask)
                 hidden.append(out.reshape(-1, out.shape[-1]).float())

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ..bert.config import BertConfig
 from ..bert.heads import BertForPretraining
+from ..bert.precision import autocast_dtype, mixed_precision
 from ..checkpoint import load_checkpoint, recover_interrupted_save, save_checkpoint
 from ..layers import dropout_rates
 from ..pieces import WordPieces
@@ -52,11 +53,10 @@ class PretrainingModel(nn.Module):
         super().__init__()
         self.model = model
         self.objectives = objectives
-        self.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(autocast or "")
+        self.autocast = autocast
 
     def forward(self, tensors: Dict[str, Tensor], batch: Batch) -> Tuple[Tensor, Metrics]:
-        device = tensors["input_ids"].device
-        with torch.autocast(device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
+        with mixed_precision(self.autocast, tensors["input_ids"].device):
             hidden = self.model.encoder(tensors["input_ids"], tensors.get("padding_mask"), tensors["token_type_ids"])
             total = hidden.new_zeros((), dtype=torch.float32)
             metrics: Metrics = {}
@@ -164,7 +164,7 @@ class Trainer:
             )
         self.step_module = step_module
         self.optimizer = _optimizer(model, settings)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=settings.autocast == "fp16")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(settings.autocast, device) == torch.float16)
         self.state = {"step": 0, "tokens": 0, "epoch": 0, "batch_in_epoch": 0, "best_eval_loss": math.inf, "skipped_steps": 0}
         if saved_state is not None:
             saved_state = dict(saved_state)
