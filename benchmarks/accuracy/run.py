@@ -463,8 +463,9 @@ def plan(budget: Budget, tasks: dict[str, Task], corpora: dict[str, Path], run_d
     pretrainings = {"NER (news)": ("ner", budget.ner_recipe), "sentiment (IMDB)": ("sst2", budget.sentiment_recipe)}
     jobs: list[Job] = []
     layout: dict[str, Any] = {"pretraining": {}, "tasks": {name: {} for name in tasks}, "ablations": {}}
+    needed = {pretrain_dirs[name] for name in tasks}
     for label, (name, recipe) in pretrainings.items():
-        if any(pretrain_dirs[task] == pretrain_dirs[name] for task in tasks):
+        if pretrain_dirs[name] in needed:
             jobs.append(pretrain_job(recipe, corpora[recipe.corpus], pretrain_dirs[name], budget, threads))
             layout["pretraining"][label] = str(pretrain_dirs[name])
     spacy_jobs: list[Job] = []
@@ -483,7 +484,7 @@ def plan(budget: Budget, tasks: dict[str, Task], corpora: dict[str, Path], run_d
         layout["tasks"][name][arm] = str(out)
     jobs += spacy_jobs[:2]
     layout["lr_sweep"] = {}
-    for name in [name for name in budget.lr_sweep_tasks if name in tasks] if budget.lr_sweep else ():
+    for name in [name for name in budget.lr_sweep_tasks if name in tasks]:
         for lr in budget.lr_sweep:
             task = replace(tasks[name], finetune=replace(tasks[name].finetune, learning_rate=lr))
             for arm in ("pretrained", "random"):

@@ -25,6 +25,7 @@ from thinc.types import Floats2d
 from ..bert.config import BertConfig
 from ..bert.encoder import BertEncoder as TorchBertEncoder
 from ..bert.pooling import POOLING_MODES, WordEncoder
+from ..bert.precision import autocast_dtype
 from ..pieces import WordPieces
 from .windows import PieceBatch, docs_to_batch
 
@@ -99,7 +100,7 @@ def set_encoder(model: Model, encoder: TorchBertEncoder, pieces: WordPieces) -> 
         WordEncoder(encoder if quantize is None else quantize_int8(encoder), model.attrs["pooling"], autocast),
         convert_inputs=_batch_to_torch,
         convert_outputs=_words_from_torch,
-        grad_scaler=PyTorchGradScaler(enabled=autocast == "fp16"),
+        grad_scaler=PyTorchGradScaler(enabled=autocast_dtype(autocast, get_torch_default_device()) == torch.float16),
     )
     model.layers[:] = [wrapper]
     model.attrs["bert_config"] = encoder.config
