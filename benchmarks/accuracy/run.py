@@ -148,9 +148,9 @@ class Budget:
 # Full-mode pretraining recipes (quick and medium shrink the steps). NER keeps case (CoNLL
 # entities are capitalised; spaCy's CNN sees word shapes); IMDB reviews are long, so sentiment
 # pretrains on 128-piece sequences. The issue allows the news pretraining 60 minutes on 2 cores:
-# 20,000 steps x 2,048 pieces (41M pieces) take about 30 minutes in bf16 on a CPU with AVX512-BF16
-# and about 58 in float32 on one without (~11,800 pieces/s with evaluations). Sentiment has no
-# time limit: 30,000 steps, about 45 minutes in bf16 and 78 in float32.
+# 20,000 steps x 2,048 pieces (41M pieces) took 56 minutes in float32 on a CPU without AVX512-BF16
+# (11,900 pieces/s with evaluations); at the ~23,000 pieces/s of bf16 on one with it, about 30.
+# Sentiment has no time limit: 30,000 steps, 45 minutes alone in bf16 (an estimated 78 in float32).
 NER_RECIPE = Recipe(corpus="news", steps=20000, lowercase=False)
 SENTIMENT_RECIPE = Recipe(corpus="imdb", steps=30000, max_length=128)
 
