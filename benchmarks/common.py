@@ -4,6 +4,7 @@ vocabulary, one subprocess per measured arm (for a clean peak RSS), and markdown
 Checkpoints are plain Hugging Face folders (`transformers.BertForPreTraining.save_pretrained`)
 cached under benchmarks/.cache/, so ours and spacy-transformers load exactly the same weights.
 """
+
 import argparse
 import gzip
 import json
@@ -32,7 +33,9 @@ def imdb_texts(split: str, limit: Optional[int] = None) -> List[str]:
     """The first `limit` review texts of an IMDB split (train, dev or test)."""
     path = IMDB_DIR / f"{split}.jsonl.gz"
     if not path.exists():
-        sys.exit(f"IMDB data not found at {path}: the benchmarks need the shared data folder ../shared/data/imdb")
+        sys.exit(
+            f"IMDB data not found at {path}: the benchmarks need the shared data folder ../shared/data/imdb"
+        )
     texts: List[str] = []
     with gzip.open(path, "rt", encoding="utf8") as file:
         for line in file:
@@ -71,7 +74,9 @@ def checkpoint(size: str) -> Path:
     model = BertForPreTraining(BertConfig(vocab_size=n_pieces, **SIZES[size])).eval()
     tmp = _fresh_folder(CACHE_DIR / f".bert-{size}.tmp")
     model.save_pretrained(tmp)
-    BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True, model_max_length=512).save_pretrained(tmp)
+    BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True, model_max_length=512).save_pretrained(
+        tmp
+    )
     os.replace(tmp, folder)
     return folder
 
@@ -154,11 +159,20 @@ def reset_peak_rss() -> None:
 def add_run_options(parser: argparse.ArgumentParser, peer_spans: bool = False) -> None:
     """The options the arm-per-process benchmarks share: --threads, --json, the hidden --worker, and
     with `peer_spans` the peer's strided_spans window and stride."""
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per arm, 0 for torch's default "
-                        "(1 keeps a shared machine's noise out of the measurements)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per arm, 0 for torch's default "
+        "(1 keeps a shared machine's noise out of the measurements)",
+    )
     if peer_spans:
-        parser.add_argument("--peer-window", type=int, default=128, help="peer strided_spans window (its default)")
-        parser.add_argument("--peer-stride", type=int, default=96, help="peer strided_spans stride (its default)")
+        parser.add_argument(
+            "--peer-window", type=int, default=128, help="peer strided_spans window (its default)"
+        )
+        parser.add_argument(
+            "--peer-stride", type=int, default=96, help="peer strided_spans stride (its default)"
+        )
     parser.add_argument("--json", type=Path, help="also write all measurements to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
 
@@ -170,9 +184,12 @@ def machine() -> Dict[str, str]:
     model = platform.processor() or "unknown"
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name"))
+        model = next(
+            line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")
+        )
     except (OSError, subprocess.CalledProcessError, StopIteration):
         pass
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, cwd=BENCH_DIR).stdout.strip()
 

@@ -28,6 +28,7 @@ machine load. words/s = words of the timed batches / wall seconds of their updat
     python benchmarks/finetuning.py --sizes mini,base  # base: 8 steps, ~10x slower per step
     python benchmarks/finetuning.py --quick --arms ours,peer,ours-bf16,ours-w126,ours-bf16-w126
 """
+
 import argparse
 import json
 import os
@@ -39,11 +40,11 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from common import (
-    add_run_options,
     BENCH_DIR,
     CACHE_DIR,
     SIZES,
     Worker,
+    add_run_options,
     checkpoint,
     machine,
     markdown_table,
@@ -61,8 +62,16 @@ QUICK_STEPS = 10
 SEED = 0
 DROPOUT = 0.1
 # configs/ner.cfg's optimizer, with a constant learning rate (a schedule costs nothing).
-OPTIMIZER = dict(learn_rate=5e-5, beta1=0.9, beta2=0.999, eps=1e-8, L2=0.01, L2_is_weight_decay=True,
-                 grad_clip=1.0, use_averages=False)
+OPTIMIZER = dict(
+    learn_rate=5e-5,
+    beta1=0.9,
+    beta2=0.999,
+    eps=1e-8,
+    L2=0.01,
+    L2_is_weight_decay=True,
+    grad_clip=1.0,
+    use_averages=False,
+)
 NER_MODEL = {
     "@architectures": "spacy.TransitionBasedParser.v2",
     "state_type": "ner",
@@ -85,7 +94,9 @@ def docbin(split: str) -> Path:
         return path
     source = CONLL_DIR / f"{split}.iob"
     if not source.exists():
-        sys.exit(f"CoNLL-2003 not found at {source}: this benchmark needs the shared data folder ../shared/data")
+        sys.exit(
+            f"CoNLL-2003 not found at {source}: this benchmark needs the shared data folder ../shared/data"
+        )
     from spacy.tokens import DocBin
     from spacy.training.converters import conll_ner_to_docs
 
@@ -95,8 +106,10 @@ def docbin(split: str) -> Path:
     DocBin(docs=docs, store_user_data=False).to_disk(tmp)
     os.replace(tmp, path)
     n_ents = sum(len(doc.ents) for doc in docs)
-    print(f"converted {source} -> {path}: {len(docs)} docs, {sum(map(len, docs)):,} tokens, {n_ents:,} entities",
-          file=sys.stderr)
+    print(
+        f"converted {source} -> {path}: {len(docs)} docs, {sum(map(len, docs)):,} tokens, {n_ents:,} entities",
+        file=sys.stderr,
+    )
     return path
 
 
@@ -112,7 +125,11 @@ def build(arm: str, size: str, window: int, stride: int):
             "@architectures": "spacy-transformers.TransformerModel.v3",
             "name": str(checkpoint(size)),
             "tokenizer_config": {"use_fast": True},
-            "get_spans": {"@span_getters": "spacy-transformers.strided_spans.v1", "window": window, "stride": stride},
+            "get_spans": {
+                "@span_getters": "spacy-transformers.strided_spans.v1",
+                "window": window,
+                "stride": stride,
+            },
         }
         nlp.add_pipe("transformer", config={"model": model})
         listener = {
@@ -125,12 +142,20 @@ def build(arm: str, size: str, window: int, stride: int):
         # "ours", "ours-bf16", and with a window of N pieces (default: 510) "ours-wN", "ours-bf16-wN"
         parts = arm.split("-")[1:]
         window_parts = [int(part[1:]) for part in parts if part.startswith("w")]
-        model = {"@architectures": "spacy_bert_plugin.BertEncoder.v1", "autocast": "bf16" if "bf16" in parts else None,
-                 "window": window_parts[0] if window_parts else None}
+        model = {
+            "@architectures": "spacy_bert_plugin.BertEncoder.v1",
+            "autocast": "bf16" if "bf16" in parts else None,
+            "window": window_parts[0] if window_parts else None,
+        }
         nlp.add_pipe("bert_encoder", config={"checkpoint": str(checkpoint(size)), "model": model})
-        listener = {"@architectures": "spacy.Tok2VecListener.v1", "width": SIZES[size]["hidden_size"],
-                    "upstream": "bert_encoder"}
-    nlp.add_pipe("ner", config={"model": dict(NER_MODEL, tok2vec=listener), "update_with_oracle_cut_size": 100})
+        listener = {
+            "@architectures": "spacy.Tok2VecListener.v1",
+            "width": SIZES[size]["hidden_size"],
+            "upstream": "bert_encoder",
+        }
+    nlp.add_pipe(
+        "ner", config={"model": dict(NER_MODEL, tok2vec=listener), "update_with_oracle_cut_size": 100}
+    )
     return nlp
 
 
@@ -185,14 +210,24 @@ class ArmWorker:
 
     def handle(self, request: Dict[str, Any]) -> Dict[str, Any]:
         if request.get("memory"):
-            return {"load_rss_mib": self.load_rss, "load_peak_mib": self.load_peak,
-                    "train_peak_mib": memory_mib()["VmHWM"], "threads": self.threads}
+            return {
+                "load_rss_mib": self.load_rss,
+                "load_peak_mib": self.load_peak,
+                "train_peak_mib": memory_mib()["VmHWM"],
+                "threads": self.threads,
+            }
         batch = self.batches[request["step"]]
         wall, cpu = time.perf_counter(), time.process_time()
         losses = self.update(batch)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         words = sum(len(eg.predicted) for eg in batch)
-        return {"words": words, "docs": len(batch), "wall": wall, "cpu": cpu, "ner_loss": float(losses.get("ner", 0.0))}
+        return {
+            "words": words,
+            "docs": len(batch),
+            "wall": wall,
+            "cpu": cpu,
+            "ner_loss": float(losses.get("ner", 0.0)),
+        }
 
 
 # ---- driver ----------------------------------------------------------------------------------
@@ -201,20 +236,33 @@ class ArmWorker:
 def measure_size(size: str, arms: List[str], steps: int, args: argparse.Namespace) -> List[Dict[str, Any]]:
     """All arms of one size alive side by side; step i is taken by every arm on the same batch,
     one arm after the other (order alternating), so noise hits all arms alike."""
-    spec = dict(size=size, threads=args.threads, peer_window=args.peer_window, peer_stride=args.peer_stride,
-                train=str(docbin("train")), batch_words=args.batch_words, warmup=args.warmup, steps=steps)
+    spec = dict(
+        size=size,
+        threads=args.threads,
+        peer_window=args.peer_window,
+        peer_stride=args.peer_stride,
+        train=str(docbin("train")),
+        batch_words=args.batch_words,
+        warmup=args.warmup,
+        steps=steps,
+    )
     workers = {}
     for arm in arms:
         start = time.perf_counter()
         workers[arm] = Worker(SCRIPT, dict(spec, arm=arm))
-        print(f"{size} {arm}: loaded, initialized and warmed up in {time.perf_counter() - start:.0f} s",
-              file=sys.stderr, flush=True)
+        print(
+            f"{size} {arm}: loaded, initialized and warmed up in {time.perf_counter() - start:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
     rounds: List[Dict[str, Any]] = []
     for step in range(steps):
         for arm in arms if step % 2 == 0 else arms[::-1]:
             rounds.append(dict(workers[arm].ask({"step": step}), arm=arm, size=size, step=step))
         line = ", ".join(f"{r['arm']} {r['words'] / r['wall']:,.0f}" for r in rounds[-len(arms) :])
-        print(f"{size} step {step} ({rounds[-1]['words']} words): words/s {line}", file=sys.stderr, flush=True)
+        print(
+            f"{size} step {step} ({rounds[-1]['words']} words): words/s {line}", file=sys.stderr, flush=True
+        )
     for arm, worker in workers.items():
         rounds.append(dict(worker.ask({"memory": True}), arm=arm, size=size))
         worker.close()
@@ -229,31 +277,75 @@ def summarize(rounds: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         mine = [r for r in timed if (r["size"], r["arm"]) == (size, arm)]
         peer = {r["step"]: r for r in timed if (r["size"], r["arm"]) == (size, "peer")}
         ratio = {
-            clock: statistics.median(peer[r["step"]][clock] / r[clock] for r in mine) if peer else float("nan")
+            clock: statistics.median(peer[r["step"]][clock] / r[clock] for r in mine)
+            if peer
+            else float("nan")
             for clock in ("wall", "cpu")
         }
         words, wall, cpu = (sum(r[key] for r in mine) for key in ("words", "wall", "cpu"))
-        rows.append({
-            "size": size, "arm": arm, "steps": len(mine), "words": words, "wall_s": wall, "cpu_s": cpu,
-            "words_per_s": words / wall, "cpu_words_per_s": words / cpu,
-            "ratio_wall": ratio["wall"], "ratio_cpu": ratio["cpu"],
-            "ner_loss_first": mine[0]["ner_loss"], "ner_loss_last": mine[-1]["ner_loss"],
-            **{key: memory[size, arm][key] for key in ("load_rss_mib", "load_peak_mib", "train_peak_mib", "threads")},
-        })
+        rows.append(
+            {
+                "size": size,
+                "arm": arm,
+                "steps": len(mine),
+                "words": words,
+                "wall_s": wall,
+                "cpu_s": cpu,
+                "words_per_s": words / wall,
+                "cpu_words_per_s": words / cpu,
+                "ratio_wall": ratio["wall"],
+                "ratio_cpu": ratio["cpu"],
+                "ner_loss_first": mine[0]["ner_loss"],
+                "ner_loss_last": mine[-1]["ner_loss"],
+                **{
+                    key: memory[size, arm][key]
+                    for key in ("load_rss_mib", "load_peak_mib", "train_peak_mib", "threads")
+                },
+            }
+        )
     return rows
 
 
 def report(rows: List[Dict[str, Any]], info: Dict[str, str], args: argparse.Namespace) -> str:
-    header = (f"{info['date']}, commit {info['commit']}, {info['machine']}, torch threads {rows[0]['threads']}, "
-              f"load average {os.getloadavg()[0]:.1f}; batch_by_words {args.batch_words}, {args.warmup} warm-up "
-              f"step(s), peer strided_spans {args.peer_window}/{args.peer_stride}")
+    header = (
+        f"{info['date']}, commit {info['commit']}, {info['machine']}, torch threads {rows[0]['threads']}, "
+        f"load average {os.getloadavg()[0]:.1f}; batch_by_words {args.batch_words}, {args.warmup} warm-up "
+        f"step(s), peer strided_spans {args.peer_window}/{args.peer_stride}"
+    )
     table = markdown_table(
-        ["size", "arm", "steps", "words", "words/s", "vs peer (wall)", "vs peer (CPU)", "CPU s", "words/CPU-s",
-         "NER loss first/last step", "RSS after load MiB", "load peak MiB", "train peak MiB"],
-        [[r["size"], r["arm"], r["steps"], r["words"], r["words_per_s"], f"{r['ratio_wall']:.2f}x",
-          f"{r['ratio_cpu']:.2f}x", r["cpu_s"], r["cpu_words_per_s"],
-          f"{r['ner_loss_first']:,.0f} / {r['ner_loss_last']:,.0f}", r["load_rss_mib"], r["load_peak_mib"],
-          r["train_peak_mib"]] for r in rows],
+        [
+            "size",
+            "arm",
+            "steps",
+            "words",
+            "words/s",
+            "vs peer (wall)",
+            "vs peer (CPU)",
+            "CPU s",
+            "words/CPU-s",
+            "NER loss first/last step",
+            "RSS after load MiB",
+            "load peak MiB",
+            "train peak MiB",
+        ],
+        [
+            [
+                r["size"],
+                r["arm"],
+                r["steps"],
+                r["words"],
+                r["words_per_s"],
+                f"{r['ratio_wall']:.2f}x",
+                f"{r['ratio_cpu']:.2f}x",
+                r["cpu_s"],
+                r["cpu_words_per_s"],
+                f"{r['ner_loss_first']:,.0f} / {r['ner_loss_last']:,.0f}",
+                r["load_rss_mib"],
+                r["load_peak_mib"],
+                r["train_peak_mib"],
+            ]
+            for r in rows
+        ],
     )
     return f"\n{header}\n\n{table}"
 
@@ -261,13 +353,24 @@ def report(rows: List[Dict[str, Any]], info: Dict[str, str], args: argparse.Name
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="mini", help="comma-separated: mini (4x256), base (12x768)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help=f"timed update steps per arm (default: {DEFAULT_STEPS}; --quick: {QUICK_STEPS})")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed update steps first (default 2; --quick 1)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"timed update steps per arm (default: {DEFAULT_STEPS}; --quick: {QUICK_STEPS})",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed update steps first (default 2; --quick 1)"
+    )
     parser.add_argument("--batch-words", type=int, default=1000, help="spacy.batch_by_words.v1 size")
-    parser.add_argument("--arms", default=",".join(ARMS),
-                        help=f"comma-separated, from {ARMS}; also ours-wN, ours-bf16-wN (window N pieces)")
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_STEPS} timed steps after 1 warm-up step")
+    parser.add_argument(
+        "--arms",
+        default=",".join(ARMS),
+        help=f"comma-separated, from {ARMS}; also ours-wN, ours-bf16-wN (window N pieces)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help=f"{QUICK_STEPS} timed steps after 1 warm-up step"
+    )
     add_run_options(parser, peer_spans=True)
     args = parser.parse_args()
     if args.worker:

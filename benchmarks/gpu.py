@@ -20,6 +20,7 @@ Stages, each skipped (and reported as skipped) when the time budget would not al
     python benchmarks/gpu.py --out DIR              # on the GPU machine (gpu.sh runs this)
     python benchmarks/gpu.py --device cpu --tiny    # a CPU smoke test of every stage, ~2 minutes
 """
+
 import argparse
 import gzip
 import io
@@ -102,8 +103,16 @@ def read_corpus(args: argparse.Namespace) -> Dict[str, Any]:
         name = str(source)
     else:  # the repo's own prose: real text, but little of it
         for path in sorted(REPO.rglob("*")):
-            if path.suffix in (".md", ".py", ".cfg") and ".venv" not in path.parts and ".cache" not in path.parts:
-                texts.extend(p.strip() for p in path.read_text(encoding="utf8", errors="ignore").split("\n\n") if p.strip())
+            if (
+                path.suffix in (".md", ".py", ".cfg")
+                and ".venv" not in path.parts
+                and ".cache" not in path.parts
+            ):
+                texts.extend(
+                    p.strip()
+                    for p in path.read_text(encoding="utf8", errors="ignore").split("\n\n")
+                    if p.strip()
+                )
         name = "repo text (*.md, *.py, *.cfg; no IMDB file was carried)"
     if len(texts) < 2:
         raise SystemExit("no text found for the corpus")
@@ -121,8 +130,16 @@ def write_jsonl(texts: List[str], path: Path) -> Path:
 # ---- pretraining -------------------------------------------------------------------------------
 
 
-def pretrain_config(args: argparse.Namespace, corpus: Path, cache: Path, shape: Dict[str, int], max_steps: int,
-                    log_every: int, autocast: Optional[str], compile_: bool = False):
+def pretrain_config(
+    args: argparse.Namespace,
+    corpus: Path,
+    cache: Path,
+    shape: Dict[str, int],
+    max_steps: int,
+    log_every: int,
+    autocast: Optional[str],
+    compile_: bool = False,
+):
     from spacy import util
 
     overrides = {
@@ -152,8 +169,18 @@ def prepare_caches(args: argparse.Namespace, corpus: Path, cache: Path, work: Pa
     import subprocess
 
     start = time.perf_counter()
-    command = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--prepare-only",
-               "--corpus-file", str(corpus), "--cache-dir", str(cache), "--work-dir", str(work)]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        *sys.argv[1:],
+        "--prepare-only",
+        "--corpus-file",
+        str(corpus),
+        "--cache-dir",
+        str(cache),
+        "--work-dir",
+        str(work),
+    ]
     subprocess.run(command, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, check=True)
     return time.perf_counter() - start
 
@@ -173,14 +200,23 @@ def model_flops_per_token(shape: Dict[str, int]) -> Dict[str, float]:
     return {"non_embedding_params": non_embedding, "flops_per_token": 6 * non_embedding + attention}
 
 
-def run_ours(args: argparse.Namespace, corpus: Path, cache: Path, work: Path, shape: Dict[str, int],
-             gpu_id: int, compile_: bool, tag: str) -> Dict[str, Any]:
+def run_ours(
+    args: argparse.Namespace,
+    corpus: Path,
+    cache: Path,
+    work: Path,
+    shape: Dict[str, int],
+    gpu_id: int,
+    compile_: bool,
+    tag: str,
+) -> Dict[str, Any]:
     """The unmodified loop; tokens/s from log.jsonl, warm-up windows dropped."""
     from spacy_bert_plugin.pretraining import pretrain
 
     windows = args.warmup_windows + args.windows
-    config = pretrain_config(args, corpus, cache, shape, windows * args.log_every, args.log_every,
-                             args.autocast, compile_)
+    config = pretrain_config(
+        args, corpus, cache, shape, windows * args.log_every, args.log_every, args.autocast, compile_
+    )
     out = work / f"ours-{tag}"
     start = time.perf_counter()
     pretrain(config, out, gpu_id=gpu_id, stdout=io.StringIO())
@@ -192,14 +228,19 @@ def run_ours(args: argparse.Namespace, corpus: Path, cache: Path, work: Path, sh
         tokens.append(record["tokens"] - previous)
         seconds.append(tokens[-1] / record["tokens_per_s"])
         previous = record["tokens"]
-    kept_t, kept_s = tokens[args.warmup_windows:], seconds[args.warmup_windows:]
+    kept_t, kept_s = tokens[args.warmup_windows :], seconds[args.warmup_windows :]
     result = {
-        "arm": f"ours{' + compile' if compile_ else ''}", "autocast": args.autocast or "fp32",
-        "steps_measured": args.windows * args.log_every, "tokens": sum(kept_t), "seconds": sum(kept_s),
+        "arm": f"ours{' + compile' if compile_ else ''}",
+        "autocast": args.autocast or "fp32",
+        "steps_measured": args.windows * args.log_every,
+        "tokens": sum(kept_t),
+        "seconds": sum(kept_s),
         "tokens_per_s": sum(kept_t) / sum(kept_s),
         "window_tokens_per_s": [t / s for t, s in zip(kept_t, kept_s)],
-        "warmup_seconds": sum(seconds[: args.warmup_windows]), "run_wall_s": wall,
-        "final_mlm_loss": steps[-1].get("mlm_loss"), "checkpoint": str(out / "model-last"),
+        "warmup_seconds": sum(seconds[: args.warmup_windows]),
+        "run_wall_s": wall,
+        "final_mlm_loss": steps[-1].get("mlm_loss"),
+        "checkpoint": str(out / "model-last"),
     }
     result["median_window_tokens_per_s"] = statistics.median(result["window_tokens_per_s"])
     return result
@@ -209,11 +250,14 @@ def add_mfu(result: Dict[str, Any], shape: Dict[str, int], precision: str) -> No
     flops = model_flops_per_token(shape)
     result["model_tflops_per_s"] = result["tokens_per_s"] * flops["flops_per_token"] / 1e12
     result["mfu"] = result["tokens_per_s"] * flops["flops_per_token"] / PEAK_FLOPS[precision]
-    result["of_measured_matmul_peak"] = result["tokens_per_s"] * flops["flops_per_token"] / MEASURED_BF16_FLOPS
+    result["of_measured_matmul_peak"] = (
+        result["tokens_per_s"] * flops["flops_per_token"] / MEASURED_BF16_FLOPS
+    )
 
 
-def profile_ours(args: argparse.Namespace, corpus: Path, cache: Path, work: Path, shape: Dict[str, int],
-                 gpu_id: int) -> Dict[str, Any]:
+def profile_ours(
+    args: argparse.Namespace, corpus: Path, cache: Path, work: Path, shape: Dict[str, int], gpu_id: int
+) -> Dict[str, Any]:
     """A few steps of our loop under torch.profiler: host phases, GPU kernel time and idle share."""
     import pretraining as bench
 
@@ -226,7 +270,9 @@ def profile_ours(args: argparse.Namespace, corpus: Path, cache: Path, work: Path
         restore()
 
 
-def _profile_steps(args: argparse.Namespace, trainer, phase_s: Dict[str, float], gpu_id: int, bench) -> Dict[str, Any]:
+def _profile_steps(
+    args: argparse.Namespace, trainer, phase_s: Dict[str, float], gpu_id: int, bench
+) -> Dict[str, Any]:
     import torch
     from torch.profiler import ProfilerActivity
 
@@ -256,7 +302,9 @@ def _profile_steps(args: argparse.Namespace, trainer, phase_s: Dict[str, float],
             kernels.append((e.key, device_us / 1e6 / n))
     kernel_s = sum(s for _, s in kernels)
     result = {
-        "steps": n, "step_s": wall / n, "phases_s": {k: v / n for k, v in phase_s.items()},
+        "steps": n,
+        "step_s": wall / n,
+        "phases_s": {k: v / n for k, v in phase_s.items()},
         "gpu_kernel_s_per_step": kernel_s if cuda else None,
         "gpu_busy": kernel_s / (wall / n) if cuda else None,
         "top_kernels": sorted(kernels, key=lambda kv: -kv[1])[:12],
@@ -266,13 +314,18 @@ def _profile_steps(args: argparse.Namespace, trainer, phase_s: Dict[str, float],
     return result
 
 
-def run_hf(args: argparse.Namespace, vocab: Path, train_texts: List[str], work: Path, shape: Dict[str, int],
-           device: str) -> Dict[str, Any]:
+def run_hf(
+    args: argparse.Namespace,
+    vocab: Path,
+    train_texts: List[str],
+    work: Path,
+    shape: Dict[str, int],
+    device: str,
+) -> Dict[str, Any]:
     """benchmarks/pretraining.py's HF loop on the same text, vocabulary and batch."""
     import numpy
-    import transformers
-
     import pretraining as bench
+    import transformers
 
     tokenizer_class = getattr(transformers, "BertTokenizerFast", None) or transformers.BertTokenizer
     tokenizer = tokenizer_class(vocab_file=str(vocab), do_lower_case=True)
@@ -281,8 +334,15 @@ def run_hf(args: argparse.Namespace, vocab: Path, train_texts: List[str], work: 
     n_blocks = len(flat) // SEQ_LENGTH
     blocks = work / "hf-blocks.npy"
     numpy.save(blocks, flat[: n_blocks * SEQ_LENGTH].reshape(n_blocks, SEQ_LENGTH))
-    spec = dict(vocab=str(vocab), blocks=str(blocks), size="custom", shape=shape, batch_tokens=args.batch_tokens,
-                precision="bf16" if args.autocast == "bf16" else "fp32", device=device)
+    spec = dict(
+        vocab=str(vocab),
+        blocks=str(blocks),
+        size="custom",
+        shape=shape,
+        batch_tokens=args.batch_tokens,
+        precision="bf16" if args.autocast == "bf16" else "fp32",
+        device=device,
+    )
     arm = bench.HFArm(spec)
     warmup, steps = args.warmup_windows * args.log_every, args.windows * args.log_every
     tokens, seconds = [], []
@@ -292,10 +352,16 @@ def run_hf(args: argparse.Namespace, vocab: Path, train_texts: List[str], work: 
         if i >= warmup:
             tokens.append(n)
             seconds.append(time.perf_counter() - start)
-    return {"arm": "hf", "autocast": args.autocast or "fp32", "transformers": transformers.__version__,
-            "steps_measured": steps, "tokens": sum(tokens), "seconds": sum(seconds),
-            "tokens_per_s": sum(tokens) / sum(seconds),
-            "median_window_tokens_per_s": statistics.median(t / s for t, s in zip(tokens, seconds))}
+    return {
+        "arm": "hf",
+        "autocast": args.autocast or "fp32",
+        "transformers": transformers.__version__,
+        "steps_measured": steps,
+        "tokens": sum(tokens),
+        "seconds": sum(seconds),
+        "tokens_per_s": sum(tokens) / sum(seconds),
+        "median_window_tokens_per_s": statistics.median(t / s for t, s in zip(tokens, seconds)),
+    }
 
 
 # ---- inference ---------------------------------------------------------------------------------
@@ -314,7 +380,9 @@ def use_gpu_ops(gpu_id: int) -> str:
         spacy.require_gpu(gpu_id)
         return "cupy"
     except Exception as err:  # noqa: BLE001  (any failure: fall back, and say so)
-        log(f"spacy.require_gpu failed ({type(err).__name__}: {err}); running the encoder's torch module on the GPU")
+        log(
+            f"spacy.require_gpu failed ({type(err).__name__}: {err}); running the encoder's torch module on the GPU"
+        )
         return "torch-only"
 
 
@@ -323,14 +391,23 @@ def move_encoder(nlp, device: str) -> None:
     shim._model.to(device)
 
 
-def run_inference(args: argparse.Namespace, checkpoint: str, texts: List[str], autocast: Optional[str],
-                  ops_mode: str, gpu_id: int) -> Dict[str, Any]:
+def run_inference(
+    args: argparse.Namespace,
+    checkpoint: str,
+    texts: List[str],
+    autocast: Optional[str],
+    ops_mode: str,
+    gpu_id: int,
+) -> Dict[str, Any]:
     import spacy
     import torch
 
     nlp = spacy.blank("en")
-    model = {"@architectures": "spacy_bert_plugin.BertEncoder.v1", "autocast": autocast,
-             "max_batch_pieces": args.infer_batch_pieces}
+    model = {
+        "@architectures": "spacy_bert_plugin.BertEncoder.v1",
+        "autocast": autocast,
+        "max_batch_pieces": args.infer_batch_pieces,
+    }
     nlp.add_pipe("bert_encoder", config={"checkpoint": checkpoint, "model": model})
     nlp.initialize()
     if ops_mode == "torch-only":
@@ -343,18 +420,32 @@ def run_inference(args: argparse.Namespace, checkpoint: str, texts: List[str], a
         torch.cuda.synchronize()
     words = sum(len(doc) for doc in docs)
     start = time.perf_counter()
-    for doc in nlp.pipe(docs, batch_size=args.infer_batch_size):
+    for _ in nlp.pipe(docs, batch_size=args.infer_batch_size):
         pass
     if gpu_id >= 0:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    return {"autocast": autocast or "fp32", "ops": ops_mode, "docs": len(docs), "words": words, "seconds": seconds,
-            "words_per_s": words / seconds, "batch_size": args.infer_batch_size,
-            "max_batch_pieces": args.infer_batch_pieces}
+    return {
+        "autocast": autocast or "fp32",
+        "ops": ops_mode,
+        "docs": len(docs),
+        "words": words,
+        "seconds": seconds,
+        "words_per_s": words / seconds,
+        "batch_size": args.infer_batch_size,
+        "max_batch_pieces": args.infer_batch_pieces,
+    }
 
 
-def inference_all(args: argparse.Namespace, checkpoint: str, texts: List[str], gpu_id: int,
-                  results: Dict[str, Any], out: Path, budget: Budget) -> None:
+def inference_all(
+    args: argparse.Namespace,
+    checkpoint: str,
+    texts: List[str],
+    gpu_id: int,
+    results: Dict[str, Any],
+    out: Path,
+    budget: Budget,
+) -> None:
     """fp32 and bf16; with thinc's cupy ops when they work, else the torch-only fallback."""
     from thinc.api import NumpyOps, set_current_ops
 
@@ -388,7 +479,9 @@ def stage(results: Dict[str, Any], name: str, budget: Budget, needed: float, fun
     """Run one stage if the budget leaves `needed` seconds; it is stopped (SIGALRM) when the budget
     runs out, and a failure is recorded without losing the other stages."""
     if not budget.allows(needed):
-        log(f"{name}: skipped, {budget.elapsed:.0f} s of {budget.seconds:.0f} s used and it needs about {needed:.0f} s")
+        log(
+            f"{name}: skipped, {budget.elapsed:.0f} s of {budget.seconds:.0f} s used and it needs about {needed:.0f} s"
+        )
         results["skipped"].append(name)
         return None
     log(f"{name}: start")
@@ -428,17 +521,26 @@ def machine_info(gpu_id: int) -> Dict[str, Any]:
 
     import torch
 
-    info = {"date": time.strftime("%Y-%m-%d"), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu_count": os.cpu_count()}
+    info = {
+        "date": time.strftime("%Y-%m-%d"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+    }
     try:
-        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                        cwd=REPO).stdout.strip() or "unknown"
+        info["commit"] = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
+            ).stdout.strip()
+            or "unknown"
+        )
     except OSError:
         info["commit"] = "unknown"
     if gpu_id >= 0:
         props = torch.cuda.get_device_properties(gpu_id)
-        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                    cuda=torch.version.cuda)
+        info.update(
+            gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda
+        )
     else:
         info["gpu"] = "none (CPU run)"
     return info
@@ -447,35 +549,66 @@ def machine_info(gpu_id: int) -> Dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    parser.add_argument("--tiny", action="store_true", help="tiny model and data: a smoke test of every stage")
-    parser.add_argument("--size", default=None, choices=sorted(SHAPES), help="model shape (default: base; tiny with --tiny)")
+    parser.add_argument(
+        "--tiny", action="store_true", help="tiny model and data: a smoke test of every stage"
+    )
+    parser.add_argument(
+        "--size", default=None, choices=sorted(SHAPES), help="model shape (default: base; tiny with --tiny)"
+    )
     parser.add_argument("--autocast", default="bf16", choices=["bf16", "none"])
-    parser.add_argument("--batch-tokens", type=int, default=None, help="pieces per step (default 32768 = 256 x 128)")
+    parser.add_argument(
+        "--batch-tokens", type=int, default=None, help="pieces per step (default 32768 = 256 x 128)"
+    )
     parser.add_argument("--vocab-size", type=int, default=None, help="WordPiece vocabulary (default 30522)")
     parser.add_argument("--train-docs", type=int, default=None, help="reviews to pretrain on (default 23000)")
-    parser.add_argument("--infer-docs", type=int, default=None, help="reviews held apart for inference (default 2000)")
+    parser.add_argument(
+        "--infer-docs", type=int, default=None, help="reviews held apart for inference (default 2000)"
+    )
     parser.add_argument("--log-every", type=int, default=None, help="steps per log window (default 20)")
     parser.add_argument("--warmup-windows", type=int, default=None, help="windows dropped (default 2)")
     parser.add_argument("--windows", type=int, default=None, help="windows measured (default 8)")
-    parser.add_argument("--profile-steps", type=int, default=None, help="steps under the profiler (default 10)")
-    parser.add_argument("--n-process", type=int, default=None, help="spaCy processes for the corpus (default 8)")
-    parser.add_argument("--text", type=Path, default=None, help="a .jsonl(.gz) of {\"text\": ...} lines to use")
+    parser.add_argument(
+        "--profile-steps", type=int, default=None, help="steps under the profiler (default 10)"
+    )
+    parser.add_argument(
+        "--n-process", type=int, default=None, help="spaCy processes for the corpus (default 8)"
+    )
+    parser.add_argument("--text", type=Path, default=None, help='a .jsonl(.gz) of {"text": ...} lines to use')
     parser.add_argument("--infer-batch-size", type=int, default=256)
-    parser.add_argument("--infer-batch-pieces", type=int, default=None, help="bert_encoder max_batch_pieces (default 32768)")
-    parser.add_argument("--skip", default="", help="comma-separated stages to skip: profile,compile,hf,inference")
-    parser.add_argument("--budget-s", type=float, default=420, help="wall-clock budget; later stages are skipped past it")
+    parser.add_argument(
+        "--infer-batch-pieces", type=int, default=None, help="bert_encoder max_batch_pieces (default 32768)"
+    )
+    parser.add_argument(
+        "--skip", default="", help="comma-separated stages to skip: profile,compile,hf,inference"
+    )
+    parser.add_argument(
+        "--budget-s", type=float, default=420, help="wall-clock budget; later stages are skipped past it"
+    )
     parser.add_argument("--prepare-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--corpus-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--work-dir", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, default=None, help="folder for gpu.json and gpu.md (default $OUT or benchmarks/results/gpu)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for gpu.json and gpu.md (default $OUT or benchmarks/results/gpu)",
+    )
     args = parser.parse_args()
     tiny = args.tiny
-    defaults = dict(size="tiny" if tiny else "base", batch_tokens=1024 if tiny else 32768,
-                    vocab_size=1000 if tiny else 30522, train_docs=300 if tiny else 23000,
-                    infer_docs=30 if tiny else 2000, log_every=2 if tiny else 20, warmup_windows=1 if tiny else 2,
-                    windows=2 if tiny else 8, profile_steps=2 if tiny else 10, n_process=1 if tiny else 8,
-                    infer_batch_pieces=4096 if tiny else 32768)
+    defaults = dict(
+        size="tiny" if tiny else "base",
+        batch_tokens=1024 if tiny else 32768,
+        vocab_size=1000 if tiny else 30522,
+        train_docs=300 if tiny else 23000,
+        infer_docs=30 if tiny else 2000,
+        log_every=2 if tiny else 20,
+        warmup_windows=1 if tiny else 2,
+        windows=2 if tiny else 8,
+        profile_steps=2 if tiny else 10,
+        n_process=1 if tiny else 8,
+        infer_batch_pieces=4096 if tiny else 32768,
+    )
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -492,40 +625,74 @@ def main() -> None:
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("no CUDA GPU visible to PyTorch: run with --device cpu (and --tiny) to test on a CPU")
+        raise SystemExit(
+            "no CUDA GPU visible to PyTorch: run with --device cpu (and --tiny) to test on a CPU"
+        )
     gpu_id = 0 if args.device == "cuda" else -1
     register_plugin()
     shape = SHAPES[args.size]
     precision = args.autocast or "fp32"
-    results: Dict[str, Any] = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                               "shape": shape, "flops": model_flops_per_token(shape), "skipped": [], "errors": {}}
+    results: Dict[str, Any] = {
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "shape": shape,
+        "flops": model_flops_per_token(shape),
+        "skipped": [],
+        "errors": {},
+    }
     work = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
     cache = work / "cache"
 
     corpus = read_corpus(args)
     corpus_file = write_jsonl(corpus["train"], work / "corpus.jsonl")
-    results["corpus"] = {"source": corpus["source"], "train_docs": len(corpus["train"]),
-                         "infer_docs": len(corpus["infer"])}
-    log(f"corpus: {len(corpus['train'])} training texts, {len(corpus['infer'])} for inference, from {corpus['source']}")
-    results["prepare_s"] = stage(results, "prepare (vocabulary + piece cache, CPU)", budget, 0,
-                                 lambda: prepare_caches(args, corpus_file, cache, work))
+    results["corpus"] = {
+        "source": corpus["source"],
+        "train_docs": len(corpus["train"]),
+        "infer_docs": len(corpus["infer"]),
+    }
+    log(
+        f"corpus: {len(corpus['train'])} training texts, {len(corpus['infer'])} for inference, from {corpus['source']}"
+    )
+    results["prepare_s"] = stage(
+        results,
+        "prepare (vocabulary + piece cache, CPU)",
+        budget,
+        0,
+        lambda: prepare_caches(args, corpus_file, cache, work),
+    )
     results["machine"] = machine_info(gpu_id)  # CUDA starts here, after spaCy's worker processes
     log(f"machine: {results['machine']}")
     save(results, out, budget)
 
-    ours = stage(results, "ours", budget, 60, lambda: run_ours(args, corpus_file, cache, work, shape, gpu_id, False, "eager"))
+    ours = stage(
+        results,
+        "ours",
+        budget,
+        60,
+        lambda: run_ours(args, corpus_file, cache, work, shape, gpu_id, False, "eager"),
+    )
     if ours:
         add_mfu(ours, shape, precision)
         results["ours"] = ours
         log(f"ours: {ours['tokens_per_s']:,.0f} tokens/s, MFU {100 * ours['mfu']:.1f} %")
     save(results, out, budget)
     if "profile" not in skip:
-        results["profile"] = stage(results, "profile", budget, 40,
-                                   lambda: profile_ours(args, corpus_file, cache, work, shape, gpu_id))
+        results["profile"] = stage(
+            results,
+            "profile",
+            budget,
+            40,
+            lambda: profile_ours(args, corpus_file, cache, work, shape, gpu_id),
+        )
         save(results, out, budget)
     if "hf" not in skip:
         vocab = Path(ours["checkpoint"]) / "vocab.txt" if ours else None
-        hf = stage(results, "hf", budget, 60, lambda: run_hf(args, vocab, corpus["train"][:4000], work, shape, args.device))
+        hf = stage(
+            results,
+            "hf",
+            budget,
+            60,
+            lambda: run_hf(args, vocab, corpus["train"][:4000], work, shape, args.device),
+        )
         if hf:
             add_mfu(hf, shape, precision)
             results["hf"] = hf
@@ -533,16 +700,28 @@ def main() -> None:
         save(results, out, budget)
     if ours and "inference" not in skip:
         results["inference"] = []
-        stage(results, "inference", budget, 60,
-              lambda: inference_all(args, ours["checkpoint"], corpus["infer"], gpu_id, results, out, budget))
+        stage(
+            results,
+            "inference",
+            budget,
+            60,
+            lambda: inference_all(args, ours["checkpoint"], corpus["infer"], gpu_id, results, out, budget),
+        )
         save(results, out, budget)
     if "compile" not in skip:  # last: its compilation time is the least predictable
-        compiled = stage(results, "ours + compile", budget, 150,
-                         lambda: run_ours(args, corpus_file, cache, work, shape, gpu_id, True, "compiled"))
+        compiled = stage(
+            results,
+            "ours + compile",
+            budget,
+            150,
+            lambda: run_ours(args, corpus_file, cache, work, shape, gpu_id, True, "compiled"),
+        )
         if compiled:
             add_mfu(compiled, shape, precision)
             results["ours_compiled"] = compiled
-            log(f"ours + compile: {compiled['tokens_per_s']:,.0f} tokens/s, MFU {100 * compiled['mfu']:.1f} %")
+            log(
+                f"ours + compile: {compiled['tokens_per_s']:,.0f} tokens/s, MFU {100 * compiled['mfu']:.1f} %"
+            )
     print(save(results, out, budget))
 
 
@@ -555,30 +734,47 @@ def report(results: Dict[str, Any]) -> str:
         f"length {SEQ_LENGTH}, {a['batch_tokens']} pieces/step, autocast {a['autocast'] or 'none'}; "
         f"text: {results['corpus']['source']}; total {results['total_s']:.0f} s",
         "",
-        "| pretraining | tokens/s | median window tokens/s | model TFLOP/s | MFU (of 989 TFLOP/s) | of measured 790 TFLOP/s |",
+        "| pretraining | tokens/s | median window tokens/s | model TFLOP/s | MFU (of 989 TFLOP/s) "
+        "| of measured 790 TFLOP/s |",
         "|---|---|---|---|---|---|",
     ]
     for key in ("ours", "ours_compiled", "hf"):
         r = results.get(key)
         if r:
-            lines.append(f"| {r['arm']} | {r['tokens_per_s']:,.0f} | {r['median_window_tokens_per_s']:,.0f} | "
-                         f"{r['model_tflops_per_s']:.1f} | **{100 * r['mfu']:.1f} %** | {100 * r['of_measured_matmul_peak']:.1f} % |")
+            lines.append(
+                f"| {r['arm']} | {r['tokens_per_s']:,.0f} | {r['median_window_tokens_per_s']:,.0f} | "
+                f"{r['model_tflops_per_s']:.1f} | **{100 * r['mfu']:.1f} %** | "
+                f"{100 * r['of_measured_matmul_peak']:.1f} % |"
+            )
     if results.get("ours") and results.get("hf"):
-        lines.append(f"\nours/HF tokens/s: **{results['ours']['tokens_per_s'] / results['hf']['tokens_per_s']:.2f}x**")
+        lines.append(
+            f"\nours/HF tokens/s: **{results['ours']['tokens_per_s'] / results['hf']['tokens_per_s']:.2f}x**"
+        )
     prof = results.get("profile")
     if prof:
-        busy = f", GPU kernels {1e3 * prof['gpu_kernel_s_per_step']:.1f} ms/step, GPU busy {100 * prof['gpu_busy']:.0f} %" \
-            if prof.get("gpu_busy") is not None else ""
-        lines += ["", f"Profile of ours ({prof['steps']} steps, profiler on): {1e3 * prof['step_s']:.1f} ms/step{busy}", "",
-                  "| host phase | ms/step |", "|---|---|"]
+        busy = (
+            f", GPU kernels {1e3 * prof['gpu_kernel_s_per_step']:.1f} ms/step, GPU busy {100 * prof['gpu_busy']:.0f} %"
+            if prof.get("gpu_busy") is not None
+            else ""
+        )
+        lines += [
+            "",
+            f"Profile of ours ({prof['steps']} steps, profiler on): {1e3 * prof['step_s']:.1f} ms/step{busy}",
+            "",
+            "| host phase | ms/step |",
+            "|---|---|",
+        ]
         lines += [f"| {k} | {1e3 * v:.2f} |" for k, v in prof["phases_s"].items()]
         if prof.get("top_kernels"):
             lines += ["", "| top GPU kernels | ms/step |", "|---|---|"]
             lines += [f"| {k[:90]} | {1e3 * v:.2f} |" for k, v in prof["top_kernels"]]
     if results.get("inference"):
         lines += ["", "| bert_encoder inference | ops | docs | words | words/s |", "|---|---|---|---|---|"]
-        lines += [f"| {r['autocast']} (batch {r['batch_size']} docs, {r['max_batch_pieces']} pieces) | {r['ops']} | "
-                  f"{r['docs']} | {r['words']:,} | **{r['words_per_s']:,.0f}** |" for r in results["inference"]]
+        lines += [
+            f"| {r['autocast']} (batch {r['batch_size']} docs, {r['max_batch_pieces']} pieces) | {r['ops']} | "
+            f"{r['docs']} | {r['words']:,} | **{r['words_per_s']:,.0f}** |"
+            for r in results["inference"]
+        ]
     if results["skipped"]:
         lines.append(f"\nskipped (time budget): {', '.join(results['skipped'])}")
     for name, error in results["errors"].items():

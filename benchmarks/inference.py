@@ -11,6 +11,7 @@ the median of the per-round ratios to the peer, so machine noise hits all arms a
     python benchmarks/inference.py            # default run, about 10 minutes on 2 busy cores
     python benchmarks/inference.py --quick    # a smoke run of about a minute
 """
+
 import argparse
 import json
 import statistics
@@ -21,9 +22,6 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy
 import spacy
-from spacy.language import Language
-from spacy.tokens import Doc
-
 from common import (
     Worker,
     add_run_options,
@@ -37,12 +35,16 @@ from common import (
     run_once,
     serve,
 )
+from spacy.language import Language
+from spacy.tokens import Doc
 
 SCRIPT = Path(__file__).resolve()
 ARMS = ("ours", "peer", "ours-bf16", "ours-int8")
 # Our arms' [components.bert_encoder.model] settings.
 OUR_SETTINGS: Dict[str, Dict[str, str]] = {
-    "ours": {}, "ours-bf16": {"autocast": "bf16"}, "ours-int8": {"quantize": "int8"},
+    "ours": {},
+    "ours-bf16": {"autocast": "bf16"},
+    "ours-int8": {"quantize": "int8"},
 }
 # Reviews per arm, by model size and batch size (batch size 1 is slower, so fewer docs).
 DEFAULT_DOCS = {("mini", 1): 100, ("mini", 64): 400, ("base", 1): 24, ("base", 64): 64}
@@ -133,7 +135,11 @@ class ArmWorker:
     def handle(self, request: Dict[str, Any]) -> Dict[str, Any]:
         if request.get("memory"):
             pipe_peak = memory_mib()["VmHWM"]
-            return {"load_rss_mib": self.load_rss, "load_peak_mib": self.load_peak, "pipe_peak_mib": pipe_peak}
+            return {
+                "load_rss_mib": self.load_rss,
+                "load_peak_mib": self.load_peak,
+                "pipe_peak_mib": pipe_peak,
+            }
         docs = [self.nlp.make_doc(text) for text in self.texts[request["start"] : request["end"]]]
         words = sum(len(doc) for doc in docs)
         wall, cpu = time.perf_counter(), time.process_time()
@@ -153,7 +159,9 @@ def compare(spec: Dict[str, Any]) -> Dict[str, Any]:
     ours = ours_pipeline(size)
     pieces = ours.get_pipe("bert_encoder").model.attrs["pieces"]
     peer = peer_pipeline(size, {"@span_getters": "spacy-transformers.doc_spans.v1"})
-    short = [t for t in imdb_texts("test", spec["scan_docs"]) if len(t.split()) < SHORT_WORDS][: spec["n_short"]]
+    short = [t for t in imdb_texts("test", spec["scan_docs"]) if len(t.split()) < SHORT_WORDS][
+        : spec["n_short"]
+    ]
     agree, n_same_pieces = [], 0
     for ours_doc, peer_doc in zip(ours.pipe(short), peer.pipe(short)):
         trf = peer_doc._.trf_data
@@ -164,8 +172,12 @@ def compare(spec: Dict[str, Any]) -> Dict[str, Any]:
             agree.append(float(numpy.abs(ours_doc.tensor - peer_doc.tensor).max()))
     texts = imdb_texts("test", spec["n_docs"])
     fp32 = numpy.concatenate([doc.tensor for doc in ours.pipe(texts)])
-    result = {**spec, "short_docs": len(short), "same_pieces": n_same_pieces,
-              "max_abs_vs_peer": max(agree, default=float("nan"))}
+    result = {
+        **spec,
+        "short_docs": len(short),
+        "same_pieces": n_same_pieces,
+        "max_abs_vs_peer": max(agree, default=float("nan")),
+    }
     for arm in ("ours-bf16", "ours-int8"):
         other = numpy.concatenate([doc.tensor for doc in ours_pipeline(size, OUR_SETTINGS[arm]).pipe(texts)])
         name = arm.split("-")[1]
@@ -178,19 +190,32 @@ def vector_agreement(fp32: numpy.ndarray, other: numpy.ndarray) -> Dict[str, flo
     pieces (zero vectors) are left out of the cosines."""
     norms = numpy.linalg.norm(fp32, axis=1) * numpy.linalg.norm(other, axis=1)
     cosine = (fp32 * other).sum(axis=1)[norms > 0] / norms[norms > 0]
-    return {"max_abs": float(numpy.abs(fp32 - other).max()), "min_cosine": float(cosine.min()),
-            "mean_cosine": float(cosine.mean())}
+    return {
+        "max_abs": float(numpy.abs(fp32 - other).max()),
+        "min_cosine": float(cosine.min()),
+        "mean_cosine": float(cosine.mean()),
+    }
 
 
 # ---- driver ----------------------------------------------------------------------------------
 
 
-def measure_size(size: str, arms: List[str], batch_sizes: List[int], args: argparse.Namespace) -> List[Dict[str, Any]]:
+def measure_size(
+    size: str, arms: List[str], batch_sizes: List[int], args: argparse.Namespace
+) -> List[Dict[str, Any]]:
     """All arms of one size alive side by side; each round gives every arm the same slice of
     reviews, one arm after the other (order alternating), so noise hits all arms alike."""
-    n_docs = {b: args.n_docs or (QUICK_DOCS if args.quick else DEFAULT_DOCS.get((size, b), 100)) for b in batch_sizes}
-    base = dict(size=size, threads=args.threads, peer_window=args.peer_window, peer_stride=args.peer_stride,
-                n_docs=max(n_docs.values()))
+    n_docs = {
+        b: args.n_docs or (QUICK_DOCS if args.quick else DEFAULT_DOCS.get((size, b), 100))
+        for b in batch_sizes
+    }
+    base = dict(
+        size=size,
+        threads=args.threads,
+        peer_window=args.peer_window,
+        peer_stride=args.peer_stride,
+        n_docs=max(n_docs.values()),
+    )
     workers = {arm: Worker(SCRIPT, dict(base, arm=arm)) for arm in arms}
     rounds: List[Dict[str, Any]] = []
     for batch_size in batch_sizes:
@@ -217,19 +242,34 @@ def summarize(rounds: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     rows = []
     for size, batch_size, arm in dict.fromkeys((r["size"], r["batch_size"], r["arm"]) for r in timed):
         mine = [r for r in timed if (r["size"], r["batch_size"], r["arm"]) == (size, batch_size, arm)]
-        peer = {r["round"]: r for r in timed if (r["size"], r["batch_size"], r["arm"]) == (size, batch_size, "peer")}
+        peer = {
+            r["round"]: r
+            for r in timed
+            if (r["size"], r["batch_size"], r["arm"]) == (size, batch_size, "peer")
+        }
         words = sum(r["words"] for r in mine)
         ratio = {
-            clock: statistics.median(peer[r["round"]][clock] / r[clock] for r in mine) if peer else float("nan")
+            clock: statistics.median(peer[r["round"]][clock] / r[clock] for r in mine)
+            if peer
+            else float("nan")
             for clock in ("wall", "cpu")
         }
-        rows.append({
-            "size": size, "batch_size": batch_size, "arm": arm, "words": words,
-            "words_per_s": words / sum(r["wall"] for r in mine),
-            "cpu_words_per_s": words / sum(r["cpu"] for r in mine),
-            "ratio_wall": ratio["wall"], "ratio_cpu": ratio["cpu"],
-            **{key: memory[size, arm][key] for key in ("load_rss_mib", "load_peak_mib", "pipe_peak_mib", "threads")},
-        })
+        rows.append(
+            {
+                "size": size,
+                "batch_size": batch_size,
+                "arm": arm,
+                "words": words,
+                "words_per_s": words / sum(r["wall"] for r in mine),
+                "cpu_words_per_s": words / sum(r["cpu"] for r in mine),
+                "ratio_wall": ratio["wall"],
+                "ratio_cpu": ratio["cpu"],
+                **{
+                    key: memory[size, arm][key]
+                    for key in ("load_rss_mib", "load_peak_mib", "pipe_peak_mib", "threads")
+                },
+            }
+        )
     return rows
 
 
@@ -237,8 +277,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="mini,base", help="comma-separated: mini (4x256), base (12x768)")
     parser.add_argument("--batch-sizes", default="1,64", help="comma-separated nlp.pipe batch sizes")
-    parser.add_argument("--n-docs", type=int, default=None, help="reviews per arm and batch size (default: by size)")
-    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds (at most one per batch of reviews)")
+    parser.add_argument(
+        "--n-docs", type=int, default=None, help="reviews per arm and batch size (default: by size)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="interleaved rounds (at most one per batch of reviews)"
+    )
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {ARMS}")
     parser.add_argument("--quick", action="store_true", help=f"mini only, {QUICK_DOCS} reviews per arm")
     add_run_options(parser, peer_spans=True)
@@ -261,7 +305,9 @@ def main() -> None:
     checks = []
     for size in sizes:
         n_docs, n_short = (QUICK_DOCS, QUICK_DOCS) if args.quick else CHECK_DOCS[size]
-        spec = dict(task="compare", size=size, n_docs=n_docs, n_short=n_short, scan_docs=3000, threads=args.threads)
+        spec = dict(
+            task="compare", size=size, n_docs=n_docs, n_short=n_short, scan_docs=3000, threads=args.threads
+        )
         checks.append(run_once(SCRIPT, spec, {}))
     print(report(summarize(rounds), checks, info))
     if args.json:
@@ -271,18 +317,65 @@ def main() -> None:
 def report(rows: List[Dict[str, Any]], checks: List[Dict[str, Any]], info: Dict[str, str]) -> str:
     header = f"{info['date']}, commit {info['commit']}, {info['machine']}, torch threads {rows[0]['threads']}"
     speed = markdown_table(
-        ["size", "batch", "arm", "words", "words/s", "vs peer (wall)", "vs peer (CPU)", "RSS after load MiB",
-         "load peak MiB", "pipe peak MiB"],
-        [[r["size"], r["batch_size"], r["arm"], r["words"], r["words_per_s"], f"{r['ratio_wall']:.2f}x",
-          f"{r['ratio_cpu']:.2f}x", r["load_rss_mib"], r["load_peak_mib"], r["pipe_peak_mib"]] for r in rows],
+        [
+            "size",
+            "batch",
+            "arm",
+            "words",
+            "words/s",
+            "vs peer (wall)",
+            "vs peer (CPU)",
+            "RSS after load MiB",
+            "load peak MiB",
+            "pipe peak MiB",
+        ],
+        [
+            [
+                r["size"],
+                r["batch_size"],
+                r["arm"],
+                r["words"],
+                r["words_per_s"],
+                f"{r['ratio_wall']:.2f}x",
+                f"{r['ratio_cpu']:.2f}x",
+                r["load_rss_mib"],
+                r["load_peak_mib"],
+                r["pipe_peak_mib"],
+            ]
+            for r in rows
+        ],
     )
     vectors = markdown_table(
-        ["size", "short docs", "same pieces", "max abs vs peer", "bf16 max abs", "bf16 min cos", "bf16 mean cos",
-         "int8 max abs", "int8 min cos", "int8 mean cos"],
-        [[c["size"], c["short_docs"], c["same_pieces"], f"{c['max_abs_vs_peer']:.2e}",
-          *(cell for name in ("bf16", "int8") for cell in (
-              f"{c[f'{name}_max_abs']:.2e}", f"{c[f'{name}_min_cosine']:.6f}", f"{c[f'{name}_mean_cosine']:.7f}"))]
-         for c in checks],
+        [
+            "size",
+            "short docs",
+            "same pieces",
+            "max abs vs peer",
+            "bf16 max abs",
+            "bf16 min cos",
+            "bf16 mean cos",
+            "int8 max abs",
+            "int8 min cos",
+            "int8 mean cos",
+        ],
+        [
+            [
+                c["size"],
+                c["short_docs"],
+                c["same_pieces"],
+                f"{c['max_abs_vs_peer']:.2e}",
+                *(
+                    cell
+                    for name in ("bf16", "int8")
+                    for cell in (
+                        f"{c[f'{name}_max_abs']:.2e}",
+                        f"{c[f'{name}_min_cosine']:.6f}",
+                        f"{c[f'{name}_mean_cosine']:.7f}",
+                    )
+                ),
+            ]
+            for c in checks
+        ],
     )
     return f"\n{header}\n\n{speed}\n\n{vectors}"
 

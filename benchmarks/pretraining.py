@@ -24,6 +24,7 @@ median of the paired per-step ratios. `--profile` instead shows where ours' step
     python benchmarks/pretraining.py --quick    # a smoke run of about 2 minutes
     python benchmarks/pretraining.py --profile  # phases and aten ops of ours' step
 """
+
 import argparse
 import gzip
 import io
@@ -96,7 +97,11 @@ def ours_config(spec: Dict[str, Any], out_dir: Path, max_steps: int):
 def vocab_file(spec: Dict[str, Any]) -> Path:
     """The vocabulary `bert-pretrain` learnt from the corpus (see pretraining.loop._learned_vocab)."""
     corpus = Path(spec["corpus"])
-    found = sorted((WORK_DIR / "cache").glob(f"vocab-{spec['vocab_size']}-1-{corpus.stat().st_size}-*/{corpus.name}/vocab.txt"))
+    found = sorted(
+        (WORK_DIR / "cache").glob(
+            f"vocab-{spec['vocab_size']}-1-{corpus.stat().st_size}-*/{corpus.name}/vocab.txt"
+        )
+    )
     if not found:
         sys.exit(f"no learnt vocabulary for {corpus} under {WORK_DIR / 'cache'}: the preparation step failed")
     return found[-1]
@@ -126,8 +131,12 @@ def hf_blocks(spec: Dict[str, Any]) -> Path:
 
 def run_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
     """Run this script with `--worker SPEC` in a fresh interpreter; its last stdout line is the result."""
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--worker", json.dumps(spec)], stdout=subprocess.PIPE,
-                          text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--worker", json.dumps(spec)],
+        stdout=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0:
         sys.exit(f"benchmark worker failed ({proc.returncode}) for {spec}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -183,8 +192,13 @@ class HFArm:
     def __init__(self, spec: Dict[str, Any]):
         import numpy
         import torch
-        from transformers import BertConfig, BertForPreTraining, BertTokenizerFast, DataCollatorForLanguageModeling
-        from transformers import get_linear_schedule_with_warmup
+        from transformers import (
+            BertConfig,
+            BertForPreTraining,
+            BertTokenizerFast,
+            DataCollatorForLanguageModeling,
+            get_linear_schedule_with_warmup,
+        )
 
         self.torch = torch
         torch.manual_seed(0)
@@ -192,9 +206,13 @@ class HFArm:
         self.collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15, return_tensors="pt")
         shape = spec.get("shape") or SIZES[spec["size"]]
         config = BertConfig(
-            vocab_size=len(tokenizer.vocab), hidden_size=shape["hidden_width"], num_hidden_layers=shape["num_layers"],
-            num_attention_heads=shape["num_heads"], intermediate_size=shape["intermediate_width"],
-            max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
+            vocab_size=len(tokenizer.vocab),
+            hidden_size=shape["hidden_width"],
+            num_hidden_layers=shape["num_layers"],
+            num_attention_heads=shape["num_heads"],
+            intermediate_size=shape["intermediate_width"],
+            max_position_embeddings=512,
+            pad_token_id=tokenizer.pad_token_id,
         )
         self.model = BertForPreTraining(config).to(spec.get("device", "cpu")).train()
         self.device = next(self.model.parameters()).device
@@ -202,7 +220,10 @@ class HFArm:
         decay = [p for p in self.model.parameters() if p.ndim >= 2]
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=5e-4, betas=(0.9, 0.999), eps=1e-6, fused=self.device.type == "cuda",
+            lr=5e-4,
+            betas=(0.9, 0.999),
+            eps=1e-6,
+            fused=self.device.type == "cuda",
         )
         self.schedule = get_linear_schedule_with_warmup(self.optimizer, 100, 2000)
         self.blocks = numpy.load(spec["blocks"])
@@ -220,8 +241,12 @@ class HFArm:
         batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
         nsp_labels = torch.randint(0, 2, (len(chosen),), device=self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             labels=batch["labels"], next_sentence_label=nsp_labels)
+            out = self.model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                labels=batch["labels"],
+                next_sentence_label=nsp_labels,
+            )
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
@@ -246,7 +271,7 @@ def measure_paired(spec: Dict[str, Any]) -> Dict[str, Any]:
     cpu: Dict[str, List[float]] = {name: [] for name in arms}
     tokens: Dict[str, List[int]] = {name: [] for name in arms}
     for i in range(spec["warmup"] + spec["steps"]):
-        for name in (ARMS if i % 2 == 0 else ARMS[::-1]):
+        for name in ARMS if i % 2 == 0 else ARMS[::-1]:
             start, start_cpu = time.perf_counter(), time.process_time()
             n = arms[name].step()
             times[name].append(time.perf_counter() - start)
@@ -257,9 +282,13 @@ def measure_paired(spec: Dict[str, Any]) -> Dict[str, Any]:
     w = spec["warmup"]
     result = {**spec, "threads": torch.get_num_threads(), "peak_mib": memory_mib()["VmHWM"]}
     for name in arms:
-        result[name] = {"tokens": tokens[name][w:], "seconds": times[name][w:], "cpu_seconds": cpu[name][w:],
-                        "tokens_per_s": sum(tokens[name][w:]) / sum(times[name][w:]),
-                        "tokens_per_cpu_s": sum(tokens[name][w:]) / sum(cpu[name][w:])}
+        result[name] = {
+            "tokens": tokens[name][w:],
+            "seconds": times[name][w:],
+            "cpu_seconds": cpu[name][w:],
+            "tokens_per_s": sum(tokens[name][w:]) / sum(times[name][w:]),
+            "tokens_per_cpu_s": sum(tokens[name][w:]) / sum(cpu[name][w:]),
+        }
     result["pair_ratios"] = [
         (to / so) / (th / sh)
         for to, so, th, sh in zip(tokens["ours"][w:], times["ours"][w:], tokens["hf"][w:], times["hf"][w:])
@@ -272,6 +301,7 @@ def measure_cli(spec: Dict[str, Any]) -> Dict[str, Any]:
     (one record per step; warm-up steps dropped): checks that the paired measurement of
     `train_step` is what a user sees."""
     import torch
+
     from spacy_bert_plugin.pretraining import pretrain
 
     if spec.get("threads"):
@@ -295,7 +325,10 @@ def measure_cli(spec: Dict[str, Any]) -> Dict[str, Any]:
 
 # aten ops grouped into what the time is spent on (by self CPU time; the first matching group wins).
 OP_GROUPS = [
-    ("matmul (linear/mm/bmm)", ("addmm", "aten::mm", "bmm", "matmul", "linear", "baddbmm", "mkldnn", "onednn")),
+    (
+        "matmul (linear/mm/bmm)",
+        ("addmm", "aten::mm", "bmm", "matmul", "linear", "baddbmm", "mkldnn", "onednn"),
+    ),
     ("attention kernel (sdpa)", ("scaled_dot_product", "flash_attention", "_efficient_attention")),
     ("softmax", ("softmax",)),
     ("dropout RNG + masks", ("bernoulli", "dropout", "native_dropout")),
@@ -303,16 +336,31 @@ OP_GROUPS = [
     ("layer norm", ("layer_norm",)),
     ("embedding", ("embedding",)),
     ("loss (log_softmax/nll/argmax)", ("log_softmax", "nll_loss", "cross_entropy", "argmax")),
-    ("optimizer + grad clip (foreach/elementwise on params)", ("_foreach", "addcdiv", "lerp", "sqrt", "norm")),
+    (
+        "optimizer + grad clip (foreach/elementwise on params)",
+        ("_foreach", "addcdiv", "lerp", "sqrt", "norm"),
+    ),
     ("copies/casts", ("copy_", "to_copy", "_to_copy", "clone", "contiguous", "cat")),
-    ("elementwise add/mul/div", ("aten::add", "aten::mul", "aten::div", "aten::sub", "aten::where", "aten::tanh")),
+    (
+        "elementwise add/mul/div",
+        ("aten::add", "aten::mul", "aten::div", "aten::sub", "aten::where", "aten::tanh"),
+    ),
     ("index/select/scatter", ("index", "gather", "scatter", "select_backward", "embedding_dense")),
     ("zeros/fill/empty", ("zero", "fill", "empty", "full", "ones")),
 ]
 _ABSENT = object()
-PHASES = ("data: next(stream) make_instances/bucketing", "data: build_batch", "data: MLM masking (prepare)",
-          "data: to tensors", "forward (encoder)", "forward (MLM head + loss)", "forward (NSP head + loss)",
-          "backward", "grad clip", "optimizer step")
+PHASES = (
+    "data: next(stream) make_instances/bucketing",
+    "data: build_batch",
+    "data: MLM masking (prepare)",
+    "data: to tensors",
+    "forward (encoder)",
+    "forward (MLM head + loss)",
+    "forward (NSP head + loss)",
+    "backward",
+    "grad clip",
+    "optimizer step",
+)
 
 
 def instrument(trainer) -> Tuple[Dict[str, float], Callable[[], None]]:
@@ -321,6 +369,7 @@ def instrument(trainer) -> Tuple[Dict[str, float], Callable[[], None]]:
     on a GPU a phase's time is what the host spent."""
     import torch
     from torch.profiler import record_function
+
     from spacy_bert_plugin.pretraining import loop, objectives
 
     phase_s: Dict[str, float] = {name: 0.0 for name in PHASES}
@@ -332,18 +381,26 @@ def instrument(trainer) -> Tuple[Dict[str, float], Callable[[], None]]:
                 result = func(*args, **kwargs)
             phase_s[name] += time.perf_counter() - start
             return result
+
         return wrapper
 
     stream = trainer.stream
     targets = [  # (owner, attribute, phase)
-        (trainer, "stream", PHASES[0]), (loop, "build_batch", PHASES[1]),
-        (objectives.MaskedLanguageModel, "prepare", PHASES[2]), (loop, "_to_tensors", PHASES[3]),
-        (trainer.model.encoder, "forward", PHASES[4]), (objectives.MaskedLanguageModel, "loss", PHASES[5]),
-        (objectives.SegmentPairObjective, "loss", PHASES[6]), (torch.Tensor, "backward", PHASES[7]),
-        (torch.nn.utils, "clip_grad_norm_", PHASES[8]), (trainer.optimizer, "step", PHASES[9]),
+        (trainer, "stream", PHASES[0]),
+        (loop, "build_batch", PHASES[1]),
+        (objectives.MaskedLanguageModel, "prepare", PHASES[2]),
+        (loop, "_to_tensors", PHASES[3]),
+        (trainer.model.encoder, "forward", PHASES[4]),
+        (objectives.MaskedLanguageModel, "loss", PHASES[5]),
+        (objectives.SegmentPairObjective, "loss", PHASES[6]),
+        (torch.Tensor, "backward", PHASES[7]),
+        (torch.nn.utils, "clip_grad_norm_", PHASES[8]),
+        (trainer.optimizer, "step", PHASES[9]),
     ]
-    saved = [(owner, name, owner.__dict__.get(name, _ABSENT) if hasattr(owner, "__dict__") else _ABSENT)
-             for owner, name, _ in targets]
+    saved = [
+        (owner, name, owner.__dict__.get(name, _ABSENT) if hasattr(owner, "__dict__") else _ABSENT)
+        for owner, name, _ in targets
+    ]
     for owner, name, phase in targets:
         if owner is trainer:
             setattr(owner, name, iter(timed(phase, lambda: next(stream)), None))
@@ -394,7 +451,9 @@ def profile(spec: Dict[str, Any]) -> Dict[str, Any]:
         "step_s": total / spec["steps"],
         "phases_s": {k: v / spec["steps"] for k, v in phase_s.items()},
         "op_groups_s": group_ops(events, spec["steps"]),
-        "top_ops": [(e.key, e.count // spec["steps"], e.self_cpu_time_total / 1e6 / spec["steps"]) for e in top],
+        "top_ops": [
+            (e.key, e.count // spec["steps"], e.self_cpu_time_total / 1e6 / spec["steps"]) for e in top
+        ],
     }
 
 
@@ -402,16 +461,31 @@ def profile_report(results: List[Dict[str, Any]]) -> str:
     lines = []
     for r in results:
         step = r["step_s"]
-        lines += ["", f"### ours, {r['precision']}: {step:.2f} s/step (profiler on), "
-                      f"{r['batch_tokens'] / step:,.0f} tokens/s", ""]
-        lines.append(markdown_table(["phase", "ms/step", "% of step"],
-                                    [[k, v * 1e3, f"{100 * v / step:.1f}"] for k, v in r["phases_s"].items()]))
+        lines += [
+            "",
+            f"### ours, {r['precision']}: {step:.2f} s/step (profiler on), "
+            f"{r['batch_tokens'] / step:,.0f} tokens/s",
+            "",
+        ]
+        lines.append(
+            markdown_table(
+                ["phase", "ms/step", "% of step"],
+                [[k, v * 1e3, f"{100 * v / step:.1f}"] for k, v in r["phases_s"].items()],
+            )
+        )
         lines.append("")
-        lines.append(markdown_table(["aten ops (self CPU time)", "ms/step", "% of step"],
-                                    [[k, v * 1e3, f"{100 * v / step:.1f}"] for k, v in r["op_groups_s"].items()]))
+        lines.append(
+            markdown_table(
+                ["aten ops (self CPU time)", "ms/step", "% of step"],
+                [[k, v * 1e3, f"{100 * v / step:.1f}"] for k, v in r["op_groups_s"].items()],
+            )
+        )
         lines.append("")
-        lines.append(markdown_table(["top aten op", "calls/step", "ms/step"],
-                                    [[k, n, v * 1e3] for k, n, v in r["top_ops"]]))
+        lines.append(
+            markdown_table(
+                ["top aten op", "calls/step", "ms/step"], [[k, n, v * 1e3] for k, n, v in r["top_ops"]]
+            )
+        )
     return "\n".join(lines)
 
 
@@ -420,31 +494,49 @@ def profile_report(results: List[Dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="mini", choices=sorted(SIZES), help="model shape (default: mini, 4 x 256)")
-    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16 (CPU autocast)")
+    parser.add_argument(
+        "--size", default="mini", choices=sorted(SIZES), help="model shape (default: mini, 4 x 256)"
+    )
+    parser.add_argument(
+        "--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16 (CPU autocast)"
+    )
     parser.add_argument("--rounds", type=int, default=2, help="paired processes per precision")
     parser.add_argument("--steps", type=int, default=8, help="measured steps per arm and round")
     parser.add_argument("--warmup", type=int, default=2, help="steps per arm dropped before measuring")
     parser.add_argument("--docs", type=int, default=3000, help="IMDB train reviews in the corpus")
-    parser.add_argument("--vocab-size", type=int, default=8000, help="WordPiece vocabulary learnt from the corpus")
+    parser.add_argument(
+        "--vocab-size", type=int, default=8000, help="WordPiece vocabulary learnt from the corpus"
+    )
     parser.add_argument("--batch-tokens", type=int, default=4096, help="pieces per step (HF: /128 blocks)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads; default: 1 when the machine is already busy (load average above "
-                             "cores - 0.5: then OpenMP's thread barriers stall on descheduled threads), else all cores")
-    parser.add_argument("--no-cli-check", action="store_true", help="skip the unpaired `pretrain()` + log.jsonl runs")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads; default: 1 when the machine is already busy (load average above "
+        "cores - 0.5: then OpenMP's thread barriers stall on descheduled threads), else all cores",
+    )
+    parser.add_argument(
+        "--no-cli-check", action="store_true", help="skip the unpaired `pretrain()` + log.jsonl runs"
+    )
     parser.add_argument("--quick", action="store_true", help="1 round of 4 steps, no CLI check")
-    parser.add_argument("--profile", action="store_true", help="profile ours' steps instead (phases, aten ops)")
+    parser.add_argument(
+        "--profile", action="store_true", help="profile ours' steps instead (phases, aten ops)"
+    )
     parser.add_argument("--json", type=Path, help="also write all results to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         spec = json.loads(args.worker)
-        task = {"prepare": prepare, "paired": measure_paired, "cli": measure_cli, "profile": profile}[spec["task"]]
+        task = {"prepare": prepare, "paired": measure_paired, "cli": measure_cli, "profile": profile}[
+            spec["task"]
+        ]
         print(json.dumps(task(spec)), flush=True)
         return
     if not (IMDB_DIR / "train.jsonl.gz").exists():
-        print(f"skipped: IMDB train reviews not found at {IMDB_DIR / 'train.jsonl.gz'} (the shared data folder "
-              "../shared/data/imdb); this benchmark needs real text")
+        print(
+            f"skipped: IMDB train reviews not found at {IMDB_DIR / 'train.jsonl.gz'} (the shared data folder "
+            "../shared/data/imdb); this benchmark needs real text"
+        )
         return
     if args.quick:
         args.rounds, args.steps, args.warmup, args.no_cli_check = 1, 4, 1, True
@@ -452,9 +544,18 @@ def main() -> None:
     if not args.threads:
         load, cores = os.getloadavg()[0], os.cpu_count() or 1
         args.threads = 1 if load > cores - 0.5 else cores
-        log(f"torch threads: {args.threads} (load average {load:.1f} on {cores} cores; set --threads to choose)")
-    base = dict(size=args.size, vocab_size=args.vocab_size, batch_tokens=args.batch_tokens, warmup=args.warmup,
-                steps=args.steps, threads=args.threads, corpus=str(corpus_file(args.docs)))
+        log(
+            f"torch threads: {args.threads} (load average {load:.1f} on {cores} cores; set --threads to choose)"
+        )
+    base = dict(
+        size=args.size,
+        vocab_size=args.vocab_size,
+        batch_tokens=args.batch_tokens,
+        warmup=args.warmup,
+        steps=args.steps,
+        threads=args.threads,
+        corpus=str(corpus_file(args.docs)),
+    )
     prepared = run_worker(dict(base, task="prepare", precision="fp32"))
     base.update(vocab=prepared["vocab"], blocks=prepared["blocks"])
     log(f"prepared vocabulary, piece cache and HF blocks in {prepared['prepare_s']:.0f} s")
@@ -462,25 +563,33 @@ def main() -> None:
         results = [run_worker(dict(base, task="profile", precision=p)) for p in precisions]
         print(profile_report(results))
         if args.json:
-            args.json.write_text(json.dumps({"machine": machine(), "profile": results}, indent=2, default=str))
+            args.json.write_text(
+                json.dumps({"machine": machine(), "profile": results}, indent=2, default=str)
+            )
         return
     runs: List[Dict[str, Any]] = []
     for round_ in range(args.rounds):
         for precision in precisions if round_ % 2 == 0 else precisions[::-1]:
             result = run_worker(dict(base, task="paired", precision=precision, round=round_))
-            log(f"round {round_} {precision}: ours {result['ours']['tokens_per_s']:,.0f} tokens/s, "
+            log(
+                f"round {round_} {precision}: ours {result['ours']['tokens_per_s']:,.0f} tokens/s, "
                 f"hf {result['hf']['tokens_per_s']:,.0f} tokens/s, "
-                f"pair ratio median {statistics.median(result['pair_ratios']):.2f}")
+                f"pair ratio median {statistics.median(result['pair_ratios']):.2f}"
+            )
             runs.append(result)
     cli = []
     if not args.no_cli_check:
         for precision in precisions:
-            cli.append(run_worker(dict(base, task="cli", precision=precision, steps=max(2, args.steps * 3 // 4))))
+            cli.append(
+                run_worker(dict(base, task="cli", precision=precision, steps=max(2, args.steps * 3 // 4)))
+            )
             log(f"bert-pretrain loop alone, {precision}: {cli[-1]['tokens_per_s']:,.0f} tokens/s (log.jsonl)")
     info = machine()
     print(report(runs, cli, precisions, args, info))
     if args.json:
-        args.json.write_text(json.dumps({"machine": info, "args": vars(args), "runs": runs, "cli": cli}, indent=2, default=str))
+        args.json.write_text(
+            json.dumps({"machine": info, "args": vars(args), "runs": runs, "cli": cli}, indent=2, default=str)
+        )
 
 
 def log(message: str) -> None:
@@ -494,8 +603,13 @@ def quartiles(values: List[float]) -> str:
     return f"{q[0]:.2f}-{q[2]:.2f}"
 
 
-def report(runs: List[Dict[str, Any]], cli: List[Dict[str, Any]], precisions: List[str],
-           args: argparse.Namespace, info: Dict[str, str]) -> str:
+def report(
+    runs: List[Dict[str, Any]],
+    cli: List[Dict[str, Any]],
+    precisions: List[str],
+    args: argparse.Namespace,
+    info: Dict[str, str],
+) -> str:
     lines = [
         f"{info['date']}, commit {info['commit']}, {info['machine']}, torch threads {runs[0]['threads']}; "
         f"BERT-{args.size}, vocab {args.vocab_size}, sequence length {SEQ_LENGTH}, {args.batch_tokens} pieces/step; "
@@ -511,12 +625,32 @@ def report(runs: List[Dict[str, Any]], cli: List[Dict[str, Any]], precisions: Li
         ratios = [x for r in rs for x in r["pair_ratios"]]
         alone = [c["tokens_per_s"] for c in cli if c["precision"] == precision]
         per_cpu = {arm: statistics.median(r[arm]["tokens_per_cpu_s"] for r in rs) for arm in ARMS}
-        rows.append([precision, speed["ours"], speed["hf"], f"**{statistics.median(ratios):.2f}x**",
-                     quartiles(ratios), f"{speed['ours'] / speed['hf']:.2f}x",
-                     f"{per_cpu['ours'] / per_cpu['hf']:.2f}x", f"{step_s['ours']:.2f} / {step_s['hf']:.2f}", f"{per_step['ours']:,.0f} / {per_step['hf']:,.0f}",
-                     f"{alone[0]:,.0f}" if alone else "-"])
-    headers = ["precision", "ours tokens/s", "HF tokens/s", "ours/HF (median of paired steps)", "IQR",
-               "ratio of medians", "ratio per CPU-second", "s/step ours / HF", "tokens/step ours / HF", "ours alone, log.jsonl tokens/s"]
+        rows.append(
+            [
+                precision,
+                speed["ours"],
+                speed["hf"],
+                f"**{statistics.median(ratios):.2f}x**",
+                quartiles(ratios),
+                f"{speed['ours'] / speed['hf']:.2f}x",
+                f"{per_cpu['ours'] / per_cpu['hf']:.2f}x",
+                f"{step_s['ours']:.2f} / {step_s['hf']:.2f}",
+                f"{per_step['ours']:,.0f} / {per_step['hf']:,.0f}",
+                f"{alone[0]:,.0f}" if alone else "-",
+            ]
+        )
+    headers = [
+        "precision",
+        "ours tokens/s",
+        "HF tokens/s",
+        "ours/HF (median of paired steps)",
+        "IQR",
+        "ratio of medians",
+        "ratio per CPU-second",
+        "s/step ours / HF",
+        "tokens/step ours / HF",
+        "ours alone, log.jsonl tokens/s",
+    ]
     lines.append(markdown_table(headers, rows))
     return "\n".join(lines)
 

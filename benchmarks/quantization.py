@@ -11,6 +11,7 @@ pipelines on the same file, one after the other in alternating order, and the ta
 words/s (of the whole pipeline, as `nlp.evaluate` times it: docs are tokenized before the clock)
 and the median of the paired per-round ratios int8 / float32.
 """
+
 import argparse
 import statistics
 import sys
@@ -19,11 +20,10 @@ from typing import Any, Dict, List
 
 import numpy
 import spacy
-from spacy.language import Language
-from spacy.training import Corpus
-
 from common import machine, markdown_table
 from inference import vector_agreement
+from spacy.language import Language
+from spacy.training import Corpus
 
 PROJECT = Path(__file__).resolve().parent.parent / "project"
 DEFAULT_PIPELINE = PROJECT / "training" / "ner" / "model-best"
@@ -46,8 +46,11 @@ def measure(pipelines: Dict[str, Language], data: Path, rounds: int) -> Dict[str
         for nlp in (pipelines["fp32"], pipelines["int8"])
     )
     return {
-        "data": str(data), "docs": len(texts), "words": sum(len(eg.predicted) for eg in examples["fp32"]),
-        "scores": scores, "words_per_s": {name: statistics.median(s) for name, s in speeds.items()},
+        "data": str(data),
+        "docs": len(texts),
+        "words": sum(len(eg.predicted) for eg in examples["fp32"]),
+        "scores": scores,
+        "words_per_s": {name: statistics.median(s) for name, s in speeds.items()},
         "ratio": statistics.median(q / f for f, q in zip(speeds["fp32"], speeds["int8"])),
         "vectors": vector_agreement(fp32, int8),
     }
@@ -60,25 +63,49 @@ def report(results: List[Dict[str, Any]], pipeline: Path, threads: int) -> str:
     for r in results:
         for name in ("fp32", "int8"):
             delta = [r["scores"]["int8"][k] - r["scores"]["fp32"][k] for k in keys] if name == "int8" else []
-            rows.append([
-                Path(r["data"]).name, name, r["docs"], r["words"],
-                *(f"{100 * r['scores'][name][k]:.2f}" for k in keys),
-                " / ".join(f"{100 * d:+.2f}" for d in delta) or "-",
-                f"{r['words_per_s'][name]:,.0f}", f"{r['ratio']:.2f}x" if name == "int8" else "1.00x",
-                f"{r['vectors']['mean_cosine']:.5f} / {r['vectors']['min_cosine']:.4f}" if name == "int8" else "-",
-            ])
+            rows.append(
+                [
+                    Path(r["data"]).name,
+                    name,
+                    r["docs"],
+                    r["words"],
+                    *(f"{100 * r['scores'][name][k]:.2f}" for k in keys),
+                    " / ".join(f"{100 * d:+.2f}" for d in delta) or "-",
+                    f"{r['words_per_s'][name]:,.0f}",
+                    f"{r['ratio']:.2f}x" if name == "int8" else "1.00x",
+                    f"{r['vectors']['mean_cosine']:.5f} / {r['vectors']['min_cosine']:.4f}"
+                    if name == "int8"
+                    else "-",
+                ]
+            )
     table = markdown_table(
-        ["data", "encoder", "docs", "words", *keys, "int8 - fp32", "words/s", "vs fp32", "vector cos mean / min"],
+        [
+            "data",
+            "encoder",
+            "docs",
+            "words",
+            *keys,
+            "int8 - fp32",
+            "words/s",
+            "vs fp32",
+            "vector cos mean / min",
+        ],
         rows,
     )
-    header = f"{info['date']}, commit {info['commit']}, {info['machine']}, torch threads {threads}, {pipeline}"
+    header = (
+        f"{info['date']}, commit {info['commit']}, {info['machine']}, torch threads {threads}, {pipeline}"
+    )
     return f"\n{header}\n\n{table}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("pipeline", nargs="?", type=Path, default=DEFAULT_PIPELINE, help="a trained pipeline folder")
-    parser.add_argument("data", nargs="*", type=Path, default=DEFAULT_DATA, help=".spacy files to evaluate on")
+    parser.add_argument(
+        "pipeline", nargs="?", type=Path, default=DEFAULT_PIPELINE, help="a trained pipeline folder"
+    )
+    parser.add_argument(
+        "data", nargs="*", type=Path, default=DEFAULT_DATA, help=".spacy files to evaluate on"
+    )
     parser.add_argument("--rounds", type=int, default=10, help="timed evaluations per pipeline and file")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, 0 for torch's default")
     args = parser.parse_args()
@@ -88,7 +115,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     for path in [args.pipeline, *args.data]:
         if not path.exists():
-            sys.exit(f"{path} not found: train the demo project's NER pipeline first, or name a pipeline and data")
+            sys.exit(
+                f"{path} not found: train the demo project's NER pipeline first, or name a pipeline and data"
+            )
     pipelines = {"fp32": spacy.load(args.pipeline), "int8": spacy.load(args.pipeline, config=INT8)}
     results = [measure(pipelines, data, args.rounds) for data in args.data]
     print(report(results, args.pipeline, torch.get_num_threads()))

@@ -8,6 +8,7 @@ measured `nlp.pipe` added on top of the loaded pipeline. Docs are tokenized befo
     python benchmarks/scaling.py            # lengths 100 .. 20,000 words, corpora of 100 .. 800 reviews
     python benchmarks/scaling.py --quick
 """
+
 import argparse
 import json
 import sys
@@ -16,9 +17,19 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import spacy
+from common import (
+    add_run_options,
+    checkpoint,
+    drain,
+    imdb_texts,
+    machine,
+    markdown_table,
+    memory_mib,
+    reset_peak_rss,
+    run_once,
+    serve,
+)
 from spacy.tokens import Doc
-
-from common import add_run_options, checkpoint, drain, imdb_texts, machine, markdown_table, memory_mib, reset_peak_rss, run_once, serve
 
 SCRIPT = Path(__file__).resolve()
 WORDS_PER_LENGTH_POINT = 20_000  # every length point encodes this many words (one or more docs)
@@ -76,22 +87,43 @@ def run_point(spec: Dict[str, Any]) -> Dict[str, Any]:
 
 def table(points: List[Dict[str, Any]], first: str) -> str:
     rows = [
-        [p["length"] if first == "doc length" else p["docs"], p["n_docs"], p["words"], p["wall"],
-         1e6 * p["wall"] / p["words"], 1e6 * p["cpu"] / p["words"], p["load_mib"], p["pipe_peak_mib"],
-         p["pipe_peak_mib"] - p["load_mib"]]
+        [
+            p["length"] if first == "doc length" else p["docs"],
+            p["n_docs"],
+            p["words"],
+            p["wall"],
+            1e6 * p["wall"] / p["words"],
+            1e6 * p["cpu"] / p["words"],
+            p["load_mib"],
+            p["pipe_peak_mib"],
+            p["pipe_peak_mib"] - p["load_mib"],
+        ]
         for p in points
     ]
-    headers = [first, "docs", "words", "seconds", "µs/word (wall)", "µs/word (CPU)", "RSS after load MiB",
-               "pipe peak MiB", "pipe peak - load MiB"]
+    headers = [
+        first,
+        "docs",
+        "words",
+        "seconds",
+        "µs/word (wall)",
+        "µs/word (CPU)",
+        "RSS after load MiB",
+        "pipe peak MiB",
+        "pipe peak - load MiB",
+    ]
     return markdown_table(headers, rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="mini", help="mini (4x256) or base (12x768)")
-    parser.add_argument("--lengths", default="100,1000,5000,20000", help="doc lengths in words (spaCy tokens)")
+    parser.add_argument(
+        "--lengths", default="100,1000,5000,20000", help="doc lengths in words (spaCy tokens)"
+    )
     parser.add_argument("--corpus-sizes", default="100,200,400,800", help="numbers of IMDB test reviews")
-    parser.add_argument("--quick", action="store_true", help="lengths up to 5,000 words, corpora up to 200 reviews")
+    parser.add_argument(
+        "--quick", action="store_true", help="lengths up to 5,000 words, corpora up to 200 reviews"
+    )
     add_run_options(parser)
     args = parser.parse_args()
     if args.worker:
@@ -106,14 +138,18 @@ def main() -> None:
     common_spec = {"size": args.size, "threads": args.threads}
     by_length = [run_once(SCRIPT, dict(common_spec, kind="length", length=n), {}) for n in lengths]
     by_corpus = [run_once(SCRIPT, dict(common_spec, kind="corpus", docs=n), {}) for n in corpus_sizes]
-    print(f"\n{info['date']}, commit {info['commit']}, {info['machine']}, BERT-{args.size}, "
-          f"torch threads {by_length[0]['threads']}\n")
+    print(
+        f"\n{info['date']}, commit {info['commit']}, {info['machine']}, BERT-{args.size}, "
+        f"torch threads {by_length[0]['threads']}\n"
+    )
     print(f"Document length (nlp.pipe batch size 1, about {WORDS_PER_LENGTH_POINT:,} words per point):\n")
     print(table(by_length, "doc length"))
     print(f"\nCorpus size (IMDB test reviews, nlp.pipe batch size {CORPUS_BATCH_SIZE}):\n")
     print(table(by_corpus, "reviews"))
     if args.json:
-        args.json.write_text(json.dumps({"machine": info, "by_length": by_length, "by_corpus": by_corpus}, indent=2))
+        args.json.write_text(
+            json.dumps({"machine": info, "by_length": by_length, "by_corpus": by_corpus}, indent=2)
+        )
 
 
 if __name__ == "__main__":

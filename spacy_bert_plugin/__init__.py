@@ -1,2 +1,3 @@
 """BERT pretraining (MLM + NSP) and fine-tuning inside spaCy."""
+
 __version__ = "0.1.0"

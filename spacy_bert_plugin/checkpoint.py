@@ -4,6 +4,7 @@ A folder holds `config.json`, `model.safetensors` (or `pytorch_model.bin`), `voc
 `tokenizer_config.json`. Folders this package writes are plain HF `BertForPreTraining` folders, so
 `transformers` and spacy-transformers load them too.
 """
+
 import json
 import os
 import shutil
@@ -61,7 +62,9 @@ def load_checkpoint(
     state, missing = from_hf_state(hf_state, config.num_layers)
     expected = model.state_dict()
     # The pooler only feeds next-sentence prediction, and BertForMaskedLM checkpoints lack it.
-    missing_encoder = [key for key in missing if key.startswith("bert.") and not key.startswith("bert.pooler.")]
+    missing_encoder = [
+        key for key in missing if key.startswith("bert.") and not key.startswith("bert.pooler.")
+    ]
     if missing_encoder:
         raise CheckpointError(
             f"{weights_path} lacks {len(missing_encoder)} encoder weights, e.g. {missing_encoder[:3]}; "

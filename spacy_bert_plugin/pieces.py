@@ -4,6 +4,7 @@ Each input word (a spaCy token) gets BERT's basic pre-tokenization (whitespace a
 split, optional lower-casing and accent stripping) and then WordPiece, exactly like
 `BertTokenizerFast(words, is_split_into_words=True)`.
 """
+
 import json
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple

@@ -3,6 +3,7 @@
 It is a `Tok2Vec`, so downstream components share it through `spacy.Tok2VecListener.v1`
 (`upstream = "bert_encoder"`) and their gradients fine-tune it.
 """
+
 import tempfile
 from itertools import islice
 from pathlib import Path
@@ -70,7 +71,13 @@ def make_bert_encoder(
     Without one, a WordPiece vocabulary of `vocab_size` pieces is learnt from the training texts
     and the weights start random. `frozen` keeps the encoder's weights fixed during training."""
     return BertEncoderComponent(
-        nlp.vocab, model, name, checkpoint=checkpoint, vocab_size=vocab_size, lowercase=lowercase, frozen=frozen
+        nlp.vocab,
+        model,
+        name,
+        checkpoint=checkpoint,
+        vocab_size=vocab_size,
+        lowercase=lowercase,
+        frozen=frozen,
     )
 
 
@@ -161,7 +168,9 @@ class BertEncoderComponent(Tok2Vec):
         }
         util.to_disk(path, serialize, exclude)
 
-    def from_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> "BertEncoderComponent":
+    def from_disk(
+        self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()
+    ) -> "BertEncoderComponent":
         path = Path(path)
         deserialize = {
             "cfg": lambda p: self._load_cfg(srsly.read_json(p), p),

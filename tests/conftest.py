@@ -1,10 +1,10 @@
 """Fixtures for the bert_encoder tests (helpers live in tiny_bert.py)."""
+
 from pathlib import Path
 
 import pytest
 import spacy
 import torch
-
 from tiny_bert import ALICE, bert_nlp, make_hf_checkpoint  # noqa: F401 (ALICE: used by other tests)
 
 # Two cores are shared with other jobs: keep torch from oversubscribing them.

@@ -1,11 +1,12 @@
 """Numerical parity with Hugging Face `transformers`, the reference BERT implementation."""
+
 from typing import List
 
 import numpy
 import pytest
 import torch
-
 from tiny_bert import bert_nlp
+
 from spacy_bert_plugin.bert.encoder import attention
 from spacy_bert_plugin.bert.hf import from_hf_state, to_hf_state
 from spacy_bert_plugin.checkpoint import load_checkpoint
@@ -32,7 +33,9 @@ def hf_word_vectors(folder, words: List[str], pooling: str = "mean") -> numpy.nd
     for i in range(len(words)):
         rows = numpy.flatnonzero(word_ids == i)
         if len(rows):
-            vectors[i] = {"mean": hidden[rows].mean(0), "first": hidden[rows[0]], "last": hidden[rows[-1]]}[pooling]
+            vectors[i] = {"mean": hidden[rows].mean(0), "first": hidden[rows[0]], "last": hidden[rows[-1]]}[
+                pooling
+            ]
     return vectors
 
 

@@ -1,4 +1,5 @@
 """The CPU dropout mask: rate, independence of the elements sharing a draw, gradient, seeding."""
+
 import pytest
 import torch
 
@@ -53,4 +54,3 @@ def test_seeded_masks_repeat_and_module_follows_train_mode():
     assert not torch.equal(first, layer(x))
     layer.eval()
     assert layer(x) is x
-

@@ -1,13 +1,14 @@
 """The `spacy_bert_plugin.BertEncoder.v1` layer's settings: `quantize = "int8"` (CPU inference)."""
+
 import numpy
 import pytest
 import spacy
 import torch
 from spacy.training import Example
+from tiny_bert import alice_paragraphs, bert_nlp
 
 from spacy_bert_plugin.checkpoint import read_weights
 from spacy_bert_plugin.layers import bert_encoder, get_encoder
-from tiny_bert import alice_paragraphs, bert_nlp
 
 transformers = pytest.importorskip("transformers")
 
@@ -86,7 +87,9 @@ def test_int8_pipeline_saves_float32_weights_and_round_trips(nlp, int8_nlp, hf_c
         assert saved[key].dtype == torch.float32
         torch.testing.assert_close(saved[key], expected[key], rtol=0, atol=0)
     # The saved config keeps quantize = "int8"; overriding it loads the float32 encoder.
-    numpy.testing.assert_array_equal(word_vectors(spacy.load(tmp_path / "int8"), texts), word_vectors(int8_nlp, texts))
+    numpy.testing.assert_array_equal(
+        word_vectors(spacy.load(tmp_path / "int8"), texts), word_vectors(int8_nlp, texts)
+    )
     no_int8 = {"components": {"bert_encoder": {"model": {"quantize": None}}}}
     numpy.testing.assert_array_equal(
         word_vectors(spacy.load(tmp_path / "int8", config=no_int8), texts), word_vectors(nlp, texts)
@@ -96,6 +99,8 @@ def test_int8_pipeline_saves_float32_weights_and_round_trips(nlp, int8_nlp, hf_c
     numpy.testing.assert_array_equal(word_vectors(loaded, texts), word_vectors(int8_nlp, texts))
     # to_bytes / from_bytes keep the float32 weights too.
     restored = spacy.blank("en")
-    restored.add_pipe("bert_encoder", config={"model": {"@architectures": "spacy_bert_plugin.BertEncoder.v1"}})
+    restored.add_pipe(
+        "bert_encoder", config={"model": {"@architectures": "spacy_bert_plugin.BertEncoder.v1"}}
+    )
     restored.from_bytes(int8_nlp.to_bytes())
     numpy.testing.assert_array_equal(word_vectors(restored, texts), word_vectors(nlp, texts))

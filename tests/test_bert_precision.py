@@ -1,4 +1,5 @@
 """Mixed precision: bf16/fp16 autocast where the hardware computes it, float32 where a CPU would emulate it."""
+
 import platform
 import warnings
 from pathlib import Path
@@ -22,10 +23,15 @@ def cpu_lacks(monkeypatch):
 
 
 @pytest.mark.skipif(
-    platform.machine() != "x86_64" or not Path("/proc/cpuinfo").exists(), reason="reads x86 flags from /proc/cpuinfo"
+    platform.machine() != "x86_64" or not Path("/proc/cpuinfo").exists(),
+    reason="reads x86 flags from /proc/cpuinfo",
 )
 def test_probe_agrees_with_the_kernels_cpu_flags():
-    flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split())
+    flags = set(
+        next(
+            line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
+        ).split()
+    )
     assert cpu_computes_natively("bf16") == bool(flags & {"avx512_bf16", "amx_tile"})
 
 

@@ -1,4 +1,5 @@
 """Checkpoint folders: broken ones give errors that name the file; saves are atomic."""
+
 import json
 import os
 import pickle

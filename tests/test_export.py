@@ -1,4 +1,5 @@
 """`spacy bert-export-hf`: the exported folder loads in `transformers` and spacy-transformers."""
+
 import json
 from pathlib import Path
 
@@ -7,8 +8,8 @@ import pytest
 import spacy
 import torch
 from safetensors.torch import load_file
-
 from tiny_bert import alice_paragraphs, run_python
+
 from spacy_bert_plugin.cli.export import bert_export_hf_cli
 
 transformers = pytest.importorskip("transformers")

@@ -1,20 +1,46 @@
 """WordPiece tokenization against the reference, `transformers.BertTokenizerFast`."""
+
 import json
 
 import numpy
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from tiny_bert import alice_paragraphs
+
 from spacy_bert_plugin.pieces import MAX_CHARS_PER_WORD, SPECIAL_TOKENS, WordPieces
 
 transformers = pytest.importorskip("transformers")
 
 HARD_WORDS = [
-    "Alice", "ALICE", "naïve", "Ça", "résumé", "東京", "日本語です", "😀", "👩‍👩‍👧", "", " ", "\t\n",
-    "\x00", "\x07bell", "a\u200bb", "\u200f", "\u202eevil", "\ufeff", "ﬁne", "don't", "daisy-chain",
-    "...", "(as", "x" * (MAX_CHARS_PER_WORD + 1), "y" * MAX_CHARS_PER_WORD, "Ⅻ", "ǅ", "İstanbul",
+    "Alice",
+    "ALICE",
+    "naïve",
+    "Ça",
+    "résumé",
+    "東京",
+    "日本語です",
+    "😀",
+    "👩‍👩‍👧",
+    "",
+    " ",
+    "\t\n",
+    "\x00",
+    "\x07bell",
+    "a\u200bb",
+    "\u200f",
+    "\u202eevil",
+    "\ufeff",
+    "ﬁne",
+    "don't",
+    "daisy-chain",
+    "...",
+    "(as",
+    "x" * (MAX_CHARS_PER_WORD + 1),
+    "y" * MAX_CHARS_PER_WORD,
+    "Ⅻ",
+    "ǅ",
+    "İstanbul",
 ]
 
 

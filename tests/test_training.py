@@ -1,4 +1,5 @@
 """`spacy train`: ner and textcat listen to one bert_encoder, and fine-tuning reaches it."""
+
 import re
 from pathlib import Path
 from typing import Dict, List
@@ -11,8 +12,8 @@ from spacy.cli.init_config import fill_config
 from spacy.cli.train import train as spacy_train
 from spacy.tokens import DocBin
 from spacy.util import filter_spans
-
 from tiny_bert import alice_paragraphs, run_python
+
 from spacy_bert_plugin.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow

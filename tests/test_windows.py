@@ -1,12 +1,13 @@
 """Docs longer than the window: windows, sentence boundaries, capped words, batching."""
+
 from typing import List
 
 import numpy
 import pytest
 import torch
 from spacy.tokens import Doc
-
 from tiny_bert import alice_paragraphs, bert_nlp
+
 from spacy_bert_plugin.layers.windows import docs_to_batch, window_bounds
 
 transformers = pytest.importorskip("transformers")
@@ -164,7 +165,7 @@ def test_window_bounds_cover_the_doc_in_about_equal_windows(window, with_sentenc
         if with_sentences:
             # A break is at a sentence start whenever one fits in the window it ends.
             starts = set(numpy.searchsorted(word_ids, sentences).tolist())
-            for (start, end) in bounds[:-1]:
+            for start, end in bounds[:-1]:
                 fits = [s for s in starts if start < s <= start + window]
                 assert end in starts or not fits
         else:
@@ -192,7 +193,9 @@ def test_sentence_longer_than_window_breaks_at_words(windowed):
     doc = sentence_doc(windowed, [SENTENCES[0], long_sentence], mark_sentences=True)
     windows = batch_windows(docs_to_batch([doc], pieces_of(windowed), WINDOW, 4096))
     assert sorted(w[0] for w in windows)[:2] == [0, len(SENTENCES[0])]
-    assert all(len(w) <= WINDOW for w in window_pieces(docs_to_batch([doc], pieces_of(windowed), WINDOW, 4096)))
+    assert all(
+        len(w) <= WINDOW for w in window_pieces(docs_to_batch([doc], pieces_of(windowed), WINDOW, 4096))
+    )
     assert sorted(i for w in windows for i in w) == list(range(len(doc)))
 
 

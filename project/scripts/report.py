@@ -48,15 +48,24 @@ def read_json(path: Path, hint: str) -> Metrics:
 def read_log(path: Path) -> list[Metrics]:
     """The records of a bert-pretrain log.jsonl, in order."""
     if not path.exists():
-        typer.secho(f"{path} does not exist: run `spacy project run pretrain` first", err=True, fg=typer.colors.RED)
+        typer.secho(
+            f"{path} does not exist: run `spacy project run pretrain` first", err=True, fg=typer.colors.RED
+        )
         raise typer.Exit(1)
     return [json.loads(line) for line in path.read_text(encoding="utf8").splitlines() if line.strip()]
 
 
 def textcat_row(pipeline: str, m: Metrics) -> Row:
     # Exclusive classes with threshold 0: one predicted label per text, so micro F = accuracy.
-    return Row("textcat", pipeline, m.get("cats_macro_p"), m.get("cats_macro_r"), m.get("cats_macro_f"),
-               m.get("cats_micro_f"), m.get("speed"))
+    return Row(
+        "textcat",
+        pipeline,
+        m.get("cats_macro_p"),
+        m.get("cats_macro_r"),
+        m.get("cats_macro_f"),
+        m.get("cats_micro_f"),
+        m.get("speed"),
+    )
 
 
 def ner_row(pipeline: str, m: Metrics) -> Row:
@@ -68,11 +77,16 @@ def pct(value: Optional[float]) -> str:
 
 
 def results_table(rows: list[Row]) -> list[str]:
-    lines = ["| task | pipeline | P | R | F | accuracy | words/s |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| task | pipeline | P | R | F | accuracy | words/s |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for row in rows:
         speed = "–" if row.words_per_s is None else f"{row.words_per_s:,.0f}"
-        lines.append(f"| {row.task} | {row.pipeline} | {pct(row.p)} | {pct(row.r)} | {pct(row.f)} | "
-                     f"{pct(row.accuracy)} | {speed} |")
+        lines.append(
+            f"| {row.task} | {row.pipeline} | {pct(row.p)} | {pct(row.r)} | {pct(row.f)} | "
+            f"{pct(row.accuracy)} | {speed} |"
+        )
     return lines
 
 
@@ -81,7 +95,9 @@ def per_type_table(pretrained: Metrics, baseline: Metrics) -> list[str]:
     ours, theirs = pretrained.get("ents_per_type") or {}, baseline.get("ents_per_type") or {}
     lines = ["| entity type | F pretrained | F baseline |", "| --- | ---: | ---: |"]
     for label in sorted(set(ours) | set(theirs)):
-        lines.append(f"| {label} | {pct(ours.get(label, {}).get('f'))} | {pct(theirs.get(label, {}).get('f'))} |")
+        lines.append(
+            f"| {label} | {pct(ours.get(label, {}).get('f'))} | {pct(theirs.get(label, {}).get('f'))} |"
+        )
     return lines
 
 
@@ -100,17 +116,24 @@ def pretraining_summary(log: list[Metrics]) -> list[str]:
         return ["The pretraining log has no training records."]
     last = train[-1]
     speeds = [r["tokens_per_s"] for r in train if "tokens_per_s" in r]
-    lines = [f"- steps: {last['step']:,}, pieces seen: {last.get('tokens', 0):,}, "
-             f"median speed: {sorted(speeds)[len(speeds) // 2]:,.0f} pieces/s" if speeds else
-             f"- steps: {last['step']:,}"]
-    lines.append(f"- last training MLM loss {last['mlm_loss']:.3f}, MLM accuracy {pct(last.get('mlm_accuracy'))}%")
+    lines = [
+        f"- steps: {last['step']:,}, pieces seen: {last.get('tokens', 0):,}, "
+        f"median speed: {sorted(speeds)[len(speeds) // 2]:,.0f} pieces/s"
+        if speeds
+        else f"- steps: {last['step']:,}"
+    ]
+    lines.append(
+        f"- last training MLM loss {last['mlm_loss']:.3f}, MLM accuracy {pct(last.get('mlm_accuracy'))}%"
+    )
     if evals:
         best = min(evals, key=lambda r: r["eval_mlm_loss"])
         nsp = best.get("eval_nsp_accuracy")
-        lines.append(f"- best held-out MLM loss {best['eval_mlm_loss']:.3f} at step {best['step']:,} "
-                     f"(MLM accuracy {pct(best.get('eval_mlm_accuracy'))}%"
-                     + (f", NSP accuracy {pct(nsp)}%)" if nsp is not None else ")")
-                     + "; that checkpoint is pretrain/model-best")
+        lines.append(
+            f"- best held-out MLM loss {best['eval_mlm_loss']:.3f} at step {best['step']:,} "
+            f"(MLM accuracy {pct(best.get('eval_mlm_accuracy'))}%"
+            + (f", NSP accuracy {pct(nsp)}%)" if nsp is not None else ")")
+            + "; that checkpoint is pretrain/model-best"
+        )
     return lines
 
 
@@ -124,10 +147,16 @@ def plot_pretraining(log: list[Metrics], path: Path) -> None:
     evals = [r for r in log if "eval_mlm_loss" in r]
     style = ".-" if len(train) < 30 else "-"  # short runs: show the points
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    loss_ax.plot([r["step"] for r in train], [r["mlm_loss"] for r in train], style, label="MLM loss (training)")
-    loss_ax.plot([r["step"] for r in evals], [r["eval_mlm_loss"] for r in evals], "o-", label="MLM loss (held out)")
+    loss_ax.plot(
+        [r["step"] for r in train], [r["mlm_loss"] for r in train], style, label="MLM loss (training)"
+    )
+    loss_ax.plot(
+        [r["step"] for r in evals], [r["eval_mlm_loss"] for r in evals], "o-", label="MLM loss (held out)"
+    )
     if train and "nsp_loss" in train[0]:
-        loss_ax.plot([r["step"] for r in train], [r["nsp_loss"] for r in train], style, label="NSP loss (training)")
+        loss_ax.plot(
+            [r["step"] for r in train], [r["nsp_loss"] for r in train], style, label="NSP loss (training)"
+        )
     loss_ax.set(xlabel="step", ylabel="loss", title="Pretraining loss")
     loss_ax.legend()
     for key, label in (("mlm_accuracy", "MLM (training)"), ("nsp_accuracy", "NSP (training)")):
@@ -167,13 +196,21 @@ def plot_scores(scores: dict[str, dict[str, Optional[float]]], path: Path) -> No
 
 @app.command()
 def main(
-    metrics_dir: Path = typer.Argument(..., help="Folder with the spacy evaluate JSON files; report.md and PNGs go here"),
+    metrics_dir: Path = typer.Argument(
+        ..., help="Folder with the spacy evaluate JSON files; report.md and PNGs go here"
+    ),
     pretrain_log: Path = typer.Argument(..., help="log.jsonl written by spacy bert-pretrain"),
 ) -> None:
     """Write METRICS_DIR/report.md, pretraining_loss.png and scores.png."""
     hint = "run `spacy project run evaluate` first"
-    tc = {p: read_json(metrics_dir / f"textcat{'' if p == 'pretrained' else '-baseline'}.json", hint) for p in PIPELINES}
-    ner = {p: read_json(metrics_dir / f"ner{'' if p == 'pretrained' else '-baseline'}.json", hint) for p in PIPELINES}
+    tc = {
+        p: read_json(metrics_dir / f"textcat{'' if p == 'pretrained' else '-baseline'}.json", hint)
+        for p in PIPELINES
+    }
+    ner = {
+        p: read_json(metrics_dir / f"ner{'' if p == 'pretrained' else '-baseline'}.json", hint)
+        for p in PIPELINES
+    }
     log = read_log(pretrain_log)
     rows = [textcat_row(p, tc[p]) for p in PIPELINES] + [ner_row(p, ner[p]) for p in PIPELINES]
     by_key = {(row.task, row.pipeline): row for row in rows}
@@ -213,7 +250,9 @@ def main(
     ]
     (metrics_dir / "report.md").write_text("\n".join(lines), encoding="utf8")
     typer.echo("\n".join(results_table(rows)))
-    typer.echo(f"Wrote {metrics_dir / 'report.md'}, {metrics_dir / 'pretraining_loss.png'}, {metrics_dir / 'scores.png'}")
+    typer.echo(
+        f"Wrote {metrics_dir / 'report.md'}, {metrics_dir / 'pretraining_loss.png'}, {metrics_dir / 'scores.png'}"
+    )
 
 
 if __name__ == "__main__":

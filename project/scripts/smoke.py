@@ -27,24 +27,47 @@ def main(
     configs: Path = typer.Option(..., "--configs", help="Folder of the training configs (vars.configs)"),
     assets: Path = typer.Option(..., "--assets", help="Folder the corpora are fetched into (vars.assets)"),
 ) -> None:
-    """Copy the project into SMOKE_DIR and run its `all` workflow there; extra --vars.NAME VALUE options are passed on."""
+    """Copy the project into SMOKE_DIR and run its `all` workflow there; extra --vars.NAME VALUE
+    options are passed on."""
     extra = list(ctx.args)
     if any(not arg.startswith("--vars.") for arg in extra[::2]) or len(extra) % 2:
-        typer.secho(f"Expected pairs of --vars.NAME VALUE after the options, got {extra}", err=True, fg=typer.colors.RED)
+        typer.secho(
+            f"Expected pairs of --vars.NAME VALUE after the options, got {extra}",
+            err=True,
+            fg=typer.colors.RED,
+        )
         raise typer.Exit(2)
     target = PROJECT_DIR / smoke_dir
     target.mkdir(parents=True, exist_ok=True)
     shutil.copy2(PROJECT_DIR / "project.yml", target / "project.yml")
-    shutil.copytree(PROJECT_DIR / "scripts", target / "scripts", dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    cmd = [sys.executable, "-m", "spacy", "project", "run", "all", str(target),
-           "--vars.configs", str((PROJECT_DIR / configs).resolve()),
-           "--vars.assets", str((PROJECT_DIR / assets).resolve()), *extra]
+    shutil.copytree(
+        PROJECT_DIR / "scripts",
+        target / "scripts",
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "spacy",
+        "project",
+        "run",
+        "all",
+        str(target),
+        "--vars.configs",
+        str((PROJECT_DIR / configs).resolve()),
+        "--vars.assets",
+        str((PROJECT_DIR / assets).resolve()),
+        *extra,
+    ]
     typer.echo(f"Smoke run in {target}: {' '.join(cmd[1:])}")
     result = subprocess.run(cmd)
     if result.returncode != 0:
-        typer.secho(f"The smoke run failed (exit code {result.returncode}); its outputs are in {target}",
-                    err=True, fg=typer.colors.RED)
+        typer.secho(
+            f"The smoke run failed (exit code {result.returncode}); its outputs are in {target}",
+            err=True,
+            fg=typer.colors.RED,
+        )
         raise typer.Exit(result.returncode)
 
 

@@ -39,7 +39,11 @@ def main(
     for split in SPLITS:
         source = in_dir / f"{split}.spacy"
         if not source.exists():
-            typer.secho(f"{source} does not exist: run the project's `corpus` command first", err=True, fg=typer.colors.RED)
+            typer.secho(
+                f"{source} does not exist: run the project's `corpus` command first",
+                err=True,
+                fg=typer.colors.RED,
+            )
             raise typer.Exit(1)
         docs = [truncate(doc, max_tokens) for doc in DocBin().from_disk(source).get_docs(vocab)]
         DocBin(docs=docs, store_user_data=False).to_disk(out_dir / f"{split}.spacy")

@@ -1,4 +1,5 @@
 """The BERT model in plain PyTorch: no spaCy or thinc in here."""
+
 from .config import BertConfig
 from .encoder import BertEncoder
 from .heads import BertForPretraining

@@ -1,4 +1,5 @@
 """BERT hyperparameters, and their mapping to a Hugging Face `config.json`."""
+
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, Optional
 
@@ -57,7 +58,9 @@ class BertConfig:
         for field in fields(cls):
             hf_key = HF_CONFIG_KEYS[field.name]
             if hf_key in hf_config and hf_config[hf_key] is not None:
-                values[field.name] = float(hf_config[hf_key]) if field.type is float else int(hf_config[hf_key])
+                values[field.name] = (
+                    float(hf_config[hf_key]) if field.type is float else int(hf_config[hf_key])
+                )
             elif field.name in ("vocab_size", "hidden_width", "num_layers", "num_heads"):
                 raise KeyError(hf_key)
         return cls(**values)

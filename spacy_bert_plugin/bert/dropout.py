@@ -8,6 +8,7 @@ still with bf16 autocast, which makes the matrix products cheaper but not the dr
 On other devices torch's fused kernels are already fast and are used as they are. The encoder's
 attention uses it too when dropout is on (`encoder.attention`).
 """
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F

@@ -3,6 +3,7 @@
 Numerics follow Hugging Face `BertModel` (exact GELU, LayerNorm after each residual), so its
 checkpoints load through `bert.hf` and give the same hidden states.
 """
+
 from typing import Optional
 
 import torch

@@ -1,4 +1,5 @@
 """Pretraining heads: masked-LM (tied to the word embeddings) and next-sentence prediction."""
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -9,8 +10,8 @@ from .encoder import BertEncoder
 
 class MaskedLMHead(nn.Module):
     """dense -> GELU -> LayerNorm -> logits over the vocabulary, with the decoder weight tied to
-    the input word embeddings (passed in, so the state dict holds them once). Call it on the masked positions only: the vocabulary projection is
-    the most expensive matrix product in pretraining."""
+    the input word embeddings (passed in, so the state dict holds them once). Call it on the masked
+    positions only: the vocabulary projection is the most expensive matrix product in pretraining."""
 
     def __init__(self, config: BertConfig):
         super().__init__()

@@ -3,6 +3,7 @@
 Templates use `{i}` for the layer index and `{p}` for `weight`/`bias`. A tuple of HF keys is
 concatenated along the output dimension (our fused QKV projection).
 """
+
 from typing import Dict, Iterator, List, Tuple, Union
 
 import torch

@@ -1,4 +1,5 @@
 """Encode batches of piece windows and pool the pieces of each word into one vector."""
+
 from typing import List, Optional, Sequence, Tuple
 
 import torch

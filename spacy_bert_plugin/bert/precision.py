@@ -5,10 +5,11 @@ them (AVX512-BF16 or AMX; AMX-FP16); elsewhere it emulates them, and a BERT step
 float32 takes about 16 s (BERT-Tiny pretraining on a 2-core AMD EPYC without AVX512: 790 vs 13,000
 pieces/s). There the requested autocast gives way to float32, with a warning.
 """
+
 import contextlib
 import platform
 import warnings
-from functools import lru_cache
+from functools import cache
 from typing import ContextManager, Optional
 
 import torch
@@ -16,13 +17,16 @@ import torch
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-@lru_cache(maxsize=None)
+@cache
 def cpu_computes_natively(autocast: str) -> bool:
     """Whether this CPU has instructions for `autocast` ("bf16" or "fp16") matrix products.
     Only x86 is checked; other CPUs are taken at their word."""
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
         return True
-    probes = {"bf16": ("_is_avx512_bf16_supported", "_is_amx_tile_supported"), "fp16": ("_is_amx_fp16_supported",)}
+    probes = {
+        "bf16": ("_is_avx512_bf16_supported", "_is_amx_tile_supported"),
+        "fp16": ("_is_amx_fp16_supported",),
+    }
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes[autocast])
 
 
@@ -39,7 +43,7 @@ def autocast_dtype(autocast: Optional[str], device: torch.device) -> Optional[to
     return AUTOCAST_DTYPES[autocast]
 
 
-@lru_cache(maxsize=None)  # once per process
+@cache  # once per process
 def _warn_emulated(autocast: str) -> None:
     needs = "AVX512-BF16 or AMX" if autocast == "bf16" else "AMX-FP16"
     warnings.warn(

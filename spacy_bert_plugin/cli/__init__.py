@@ -1,4 +1,5 @@
 """spaCy CLI commands, registered through the `spacy_cli` entry point."""
+
 from .export import bert_export_hf_cli
 from .pretrain import bert_pretrain_cli
 

@@ -1,4 +1,5 @@
 """`python -m spacy bert-pretrain`: pretrain the bert_encoder on raw text."""
+
 from pathlib import Path
 
 import typer
@@ -18,9 +19,16 @@ from ..pretraining.settings import SettingsError
 )
 def bert_pretrain_cli(
     ctx: typer.Context,
-    config_path: Path = Arg(..., help="Config with [nlp], [components.bert_encoder] and [bert_pretraining]", exists=True, allow_dash=False),
+    config_path: Path = Arg(
+        ...,
+        help="Config with [nlp], [components.bert_encoder] and [bert_pretraining]",
+        exists=True,
+        allow_dash=False,
+    ),
     output_dir: Path = Arg(..., help="Folder for model-last/, model-best/ and log.jsonl"),
-    resume: bool = Opt(False, "--resume", help="Continue from OUTPUT_DIR/model-last (model, optimizer, data position, RNG)"),
+    resume: bool = Opt(
+        False, "--resume", help="Continue from OUTPUT_DIR/model-last (model, optimizer, data position, RNG)"
+    ),
     gpu_id: int = Opt(-1, "--gpu-id", "-g", help="GPU to use, -1 for the CPU"),
 ) -> None:
     """Pretrain a BERT encoder with masked-LM (+ NSP or SOP) on raw text (.txt with blank lines

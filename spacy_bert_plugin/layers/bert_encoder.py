@@ -5,6 +5,7 @@ pipeline is loaded, because its sizes and vocabulary are only known then. With `
 the forward pass runs a dynamically quantized copy, while the float32 encoder stays the one that is
 saved and exported.
 """
+
 import copy
 import warnings
 from typing import Callable, Dict, List, Optional, Tuple
@@ -57,7 +58,9 @@ def BertEncoder(
         raise ValueError(f'quantize must be null (None) or "int8", not {quantize!r}')
     if quantize is not None and autocast is not None:
         # The int8 Linear kernels take float32 input only; bf16 activations would reach them.
-        raise ValueError(f'quantize = "{quantize}" and autocast = "{autocast}" cannot be combined: set one to null')
+        raise ValueError(
+            f'quantize = "{quantize}" and autocast = "{autocast}" cannot be combined: set one to null'
+        )
     config = BertConfig(
         hidden_width=hidden_width,
         num_layers=num_layers,
@@ -97,10 +100,14 @@ def set_encoder(model: Model, encoder: TorchBertEncoder, pieces: WordPieces) -> 
             "set [components.bert_encoder.model] quantize = null on a GPU"
         )
     wrapper = PyTorchWrapper_v2(
-        WordEncoder(encoder if quantize is None else quantize_int8(encoder), model.attrs["pooling"], autocast),
+        WordEncoder(
+            encoder if quantize is None else quantize_int8(encoder), model.attrs["pooling"], autocast
+        ),
         convert_inputs=_batch_to_torch,
         convert_outputs=_words_from_torch,
-        grad_scaler=PyTorchGradScaler(enabled=autocast_dtype(autocast, get_torch_default_device()) == torch.float16),
+        grad_scaler=PyTorchGradScaler(
+            enabled=autocast_dtype(autocast, get_torch_default_device()) == torch.float16
+        ),
     )
     model.layers[:] = [wrapper]
     model.attrs["bert_config"] = encoder.config
@@ -127,8 +134,12 @@ def quantize_int8(encoder: TorchBertEncoder) -> TorchBertEncoder:
         # torch 2.13 deprecates torch.ao.quantization (for torchao) but it still works; silence
         # just those two notices, which would otherwise print on every spacy.load.
         warnings.filterwarnings("ignore", "torch.ao.quantization is deprecated", DeprecationWarning)
-        warnings.filterwarnings("ignore", "torch.quantize_per_tensor, torch.quantize_per_channel", UserWarning)
-        return torch.ao.quantization.quantize_dynamic(clone, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        warnings.filterwarnings(
+            "ignore", "torch.quantize_per_tensor, torch.quantize_per_channel", UserWarning
+        )
+        return torch.ao.quantization.quantize_dynamic(
+            clone, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
+        )
 
 
 def dropout_rates(model: Model) -> Dict[str, float]:

@@ -7,6 +7,7 @@ the nearest word start; a word never straddles two windows. Windows from all doc
 length and grouped into chunks of at most `max_batch_pieces` pieces, each holding only windows
 longer than half its longest, so little compute goes into padding.
 """
+
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -26,9 +27,7 @@ class PieceBatch:
     doc_lengths: List[int]
 
 
-def docs_to_batch(
-    docs: Sequence[Doc], pieces: WordPieces, window: int, max_batch_pieces: int
-) -> PieceBatch:
+def docs_to_batch(docs: Sequence[Doc], pieces: WordPieces, window: int, max_batch_pieces: int) -> PieceBatch:
     encoded = pieces.encode_words([[token.text for token in doc] for doc in docs])
     windows: List[Tuple[numpy.ndarray, numpy.ndarray]] = []  # (piece ids, global word rows)
     offset = 0
@@ -40,7 +39,9 @@ def docs_to_batch(
     return _chunk_windows(windows, pieces, offset, [len(doc) for doc in docs], max_batch_pieces)
 
 
-def window_bounds(word_ids: numpy.ndarray, sentence_starts: numpy.ndarray, window: int) -> List[Tuple[int, int]]:
+def window_bounds(
+    word_ids: numpy.ndarray, sentence_starts: numpy.ndarray, window: int
+) -> List[Tuple[int, int]]:
     """Piece ranges of at most `window` pieces that cover the doc. Each break aims at an equal
     share of what is left over ceil(left / window) windows: the nearest sentence start that fits,
     else the nearest word start that fits."""
@@ -74,7 +75,9 @@ def _nearest_break(breaks: numpy.ndarray, start: int, limit: int, target: int) -
     return int(candidates[numpy.abs(candidates - target).argmin()])
 
 
-def _cap_pieces_per_word(ids: numpy.ndarray, word_ids: numpy.ndarray, window: int) -> Tuple[numpy.ndarray, numpy.ndarray]:
+def _cap_pieces_per_word(
+    ids: numpy.ndarray, word_ids: numpy.ndarray, window: int
+) -> Tuple[numpy.ndarray, numpy.ndarray]:
     """Keep at most `window` pieces of any one word (a 10,000-character token of punctuation
     would otherwise need a window of its own that does not exist)."""
     first_piece = numpy.searchsorted(word_ids, word_ids, side="left")

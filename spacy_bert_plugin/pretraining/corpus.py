@@ -4,6 +4,7 @@ The cache holds flat memory-mapped arrays, so corpora larger than memory stream 
 `ids` (piece ids), `word_start` (the piece begins a word), `sentence_offsets` (piece offset of
 each sentence, plus the end) and `doc_offsets` (sentence offset of each doc, plus the end).
 """
+
 import hashlib
 import json
 import os
@@ -19,7 +20,12 @@ from spacy.tokens import Doc, DocBin
 from ..pieces import WordPieces
 
 CACHE_VERSION = 1
-CACHE_ARRAYS = {"ids": numpy.int32, "word_start": numpy.bool_, "sentence_offsets": numpy.int64, "doc_offsets": numpy.int64}
+CACHE_ARRAYS = {
+    "ids": numpy.int32,
+    "word_start": numpy.bool_,
+    "sentence_offsets": numpy.int64,
+    "doc_offsets": numpy.int64,
+}
 # Docs per step of the streaming conversion.
 CONVERSION_BATCH = 256
 
@@ -43,7 +49,9 @@ def read_texts(path: Path, bad_lines: str = "error", stats: Optional[CorpusStats
     elif path.suffix == ".txt":
         yield from _read_txt(path, bad_lines, stats)
     else:
-        raise CorpusError(f"{path}: raw text must be .txt, .jsonl or .spacy, not {path.suffix or 'no suffix'}")
+        raise CorpusError(
+            f"{path}: raw text must be .txt, .jsonl or .spacy, not {path.suffix or 'no suffix'}"
+        )
 
 
 def _decode(path: Path, number: int, raw: bytes, bad_lines: str, stats: CorpusStats) -> Optional[str]:
@@ -55,7 +63,7 @@ def _decode(path: Path, number: int, raw: bytes, bad_lines: str, stats: CorpusSt
             return None
         raise CorpusError(
             f"{path}, line {number}: not UTF-8 ({err.reason} at byte {err.start}); convert the file to "
-            "UTF-8 or set [bert_pretraining] bad_lines = \"skip\""
+            'UTF-8 or set [bert_pretraining] bad_lines = "skip"'
         ) from err
 
 
@@ -92,7 +100,9 @@ def _read_txt(path: Path, bad_lines: str, stats: CorpusStats) -> Iterator[str]:
             if line is None:
                 continue
             if "\x00" in line:
-                raise CorpusError(f"{path}, line {number}: NUL bytes; this looks like a binary file, not text")
+                raise CorpusError(
+                    f"{path}, line {number}: NUL bytes; this looks like a binary file, not text"
+                )
             if line.strip():
                 paragraph.append(line.rstrip("\n"))
             elif paragraph:
@@ -105,7 +115,11 @@ def _read_txt(path: Path, bad_lines: str, stats: CorpusStats) -> Iterator[str]:
 
 
 def read_docs(
-    path: Path, nlp: Language, bad_lines: str = "error", n_process: int = 1, stats: Optional[CorpusStats] = None
+    path: Path,
+    nlp: Language,
+    bad_lines: str = "error",
+    n_process: int = 1,
+    stats: Optional[CorpusStats] = None,
 ) -> Iterator[Doc]:
     """Tokenized docs with sentence boundaries: .spacy docs keep theirs, raw text goes through
     the pipeline's tokenizer and spaCy's sentencizer (in `n_process` processes)."""
@@ -204,7 +218,9 @@ def build_piece_corpora(
     return stats
 
 
-def _encode_batch(docs: List[Doc], pieces: WordPieces, writers: dict, heldout_docs: int, stats: CorpusStats) -> None:
+def _encode_batch(
+    docs: List[Doc], pieces: WordPieces, writers: dict, heldout_docs: int, stats: CorpusStats
+) -> None:
     sentences = [[token.text for token in sent] for doc in docs for sent in doc.sents]
     encoded = iter(pieces.encode_words(sentences))
     for doc in docs:
@@ -216,13 +232,23 @@ def _encode_batch(docs: List[Doc], pieces: WordPieces, writers: dict, heldout_do
         stats.docs += 1
 
 
-def cache_folder(cache_root: Path, corpus_path: Path, pieces: WordPieces, nlp: Language, heldout_docs: int) -> Path:
+def cache_folder(
+    cache_root: Path, corpus_path: Path, pieces: WordPieces, nlp: Language, heldout_docs: int
+) -> Path:
     """Where the cache for this corpus file, vocabulary and tokenizer lives: a new corpus file
     (other size or modification time) or another vocabulary gives another folder."""
     stat = corpus_path.stat()
     key = hashlib.sha256()
-    for part in (CACHE_VERSION, corpus_path.resolve(), stat.st_size, stat.st_mtime_ns, nlp.lang, heldout_docs,
-                 pieces.lowercase, "\n".join(pieces.vocab_list())):
+    for part in (
+        CACHE_VERSION,
+        corpus_path.resolve(),
+        stat.st_size,
+        stat.st_mtime_ns,
+        nlp.lang,
+        heldout_docs,
+        pieces.lowercase,
+        "\n".join(pieces.vocab_list()),
+    ):
         key.update(str(part).encode("utf8"))
         key.update(b"\0")
     return cache_root / key.hexdigest()[:16]

@@ -4,6 +4,7 @@ An instance is `(a_start, a_end, b_start, b_end, label)`, piece ranges in the co
 is empty (b_start == b_end) when no pair objective is used. Each sequence is
 `[CLS] A [SEP] B [SEP]` (or `[CLS] A [SEP]`).
 """
+
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional
 
@@ -33,8 +34,13 @@ class Batch:
         if mask is not None and mask.all():
             mask = None
         return Batch(
-            self.input_ids[selection], self.token_type_ids[selection], mask, self.maskable[selection],
-            self.word_start[selection], self.pair_labels[selection], n_pieces,
+            self.input_ids[selection],
+            self.token_type_ids[selection],
+            mask,
+            self.maskable[selection],
+            self.word_start[selection],
+            self.pair_labels[selection],
+            n_pieces,
             {key: value[selection] for key, value in self.extra.items()},
         )
 
@@ -118,7 +124,11 @@ def _truncate_pair(a: tuple, b: tuple, budget: int, rng: numpy.random.Generator)
 
 
 def bucket_batches(
-    instances: numpy.ndarray, batch_tokens: int, rng: numpy.random.Generator, min_rows: int = 1, pool_batches: int = 50
+    instances: numpy.ndarray,
+    batch_tokens: int,
+    rng: numpy.random.Generator,
+    min_rows: int = 1,
+    pool_batches: int = 50,
 ) -> List[numpy.ndarray]:
     """Shuffle, then sort pools of about `pool_batches` batches by length and cut them into
     batches of at most `batch_tokens` padded pieces, so padding stays small; batch order is
@@ -146,7 +156,9 @@ def _lengths(instances: numpy.ndarray) -> numpy.ndarray:
     return instances[:, 1] - instances[:, 0] + instances[:, 3] - instances[:, 2] + 2 + has_b
 
 
-def build_batch(corpus: PieceCorpus, instances: numpy.ndarray, cls_id: int, sep_id: int, pad_id: int) -> Batch:
+def build_batch(
+    corpus: PieceCorpus, instances: numpy.ndarray, cls_id: int, sep_id: int, pad_id: int
+) -> Batch:
     lengths = _lengths(instances)
     width = int(lengths.max())
     rows = len(instances)
@@ -172,12 +184,25 @@ def build_batch(corpus: PieceCorpus, instances: numpy.ndarray, cls_id: int, sep_
             maskable[row, n_a + 2 : n_a + 2 + n_b] = True
     padded = bool((lengths < width).any())
     padding_mask = numpy.arange(width)[None, :] < lengths[:, None] if padded else None
-    return Batch(input_ids, token_type_ids, padding_mask, maskable, word_start, instances[:, 4].copy(), int(lengths.sum()))
+    return Batch(
+        input_ids,
+        token_type_ids,
+        padding_mask,
+        maskable,
+        word_start,
+        instances[:, 4].copy(),
+        int(lengths.sum()),
+    )
 
 
 def iterate_batches(
-    corpus: PieceCorpus, max_length: int, pairing: Optional[str], batch_tokens: int, seed: int,
-    start_epoch: int = 0, min_rows: int = 1,
+    corpus: PieceCorpus,
+    max_length: int,
+    pairing: Optional[str],
+    batch_tokens: int,
+    seed: int,
+    start_epoch: int = 0,
+    min_rows: int = 1,
 ) -> Iterator[tuple]:
     """(epoch, index in epoch, instance indices) forever; each epoch's instances and batch order
     come from `seed` and the epoch number alone, so a resumed run sees the same stream."""

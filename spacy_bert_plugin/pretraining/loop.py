@@ -4,6 +4,7 @@ Plain PyTorch on top of `bert.BertForPretraining`: AdamW with warmup and decay, 
 accumulation, optional autocast and torch.compile, DDP under torchrun (each rank takes its rows
 of every global batch), held-out evaluation, atomic checkpoints and exact resume.
 """
+
 import json
 import math
 import os
@@ -29,7 +30,15 @@ from ..bert.precision import autocast_dtype, mixed_precision
 from ..checkpoint import load_checkpoint, recover_interrupted_save, save_checkpoint
 from ..layers import dropout_rates
 from ..pieces import WordPieces
-from .corpus import CorpusError, CorpusStats, PieceCorpus, build_piece_corpora, cache_folder, read_docs, read_texts
+from .corpus import (
+    CorpusError,
+    CorpusStats,
+    PieceCorpus,
+    build_piece_corpora,
+    cache_folder,
+    read_docs,
+    read_texts,
+)
 from .instances import Batch, build_batch, iterate_batches
 from .objectives import Metrics, Objective
 from .settings import PretrainingSettings, cache_root, read_settings
@@ -57,7 +66,9 @@ class PretrainingModel(nn.Module):
 
     def forward(self, tensors: Dict[str, Tensor], batch: Batch) -> Tuple[Tensor, Metrics]:
         with mixed_precision(self.autocast, tensors["input_ids"].device):
-            hidden = self.model.encoder(tensors["input_ids"], tensors.get("padding_mask"), tensors["token_type_ids"])
+            hidden = self.model.encoder(
+                tensors["input_ids"], tensors.get("padding_mask"), tensors["token_type_ids"]
+            )
             total = hidden.new_zeros((), dtype=torch.float32)
             metrics: Metrics = {}
             for objective in self.objectives.values():
@@ -129,11 +140,15 @@ def pretrain(
     train_corpus, heldout_corpus = _piece_corpora(raw_text, nlp, pieces, settings, dist, stdout)
 
     saved_state = torch.load(last_dir / STATE_FILE, map_location="cpu", weights_only=True) if resume else None
-    trainer = Trainer(model, pieces, settings, train_corpus, heldout_corpus, output_dir, device, dist, stdout, saved_state)
+    trainer = Trainer(
+        model, pieces, settings, train_corpus, heldout_corpus, output_dir, device, dist, stdout, saved_state
+    )
     with _InterruptFlag() as interrupted:
         trainer.run(interrupted)
     if interrupted.set:
-        trainer.log.warn(f"interrupted at step {trainer.state['step']}: state saved in {last_dir}; continue with --resume")
+        trainer.log.warn(
+            f"interrupted at step {trainer.state['step']}: state saved in {last_dir}; continue with --resume"
+        )
         raise SystemExit(130)
     return last_dir
 
@@ -142,9 +157,17 @@ class Trainer:
     """One pretraining run: model, optimizer, batch stream and the state that --resume restores."""
 
     def __init__(
-        self, model: BertForPretraining, pieces: WordPieces, settings: PretrainingSettings,
-        train_corpus: PieceCorpus, heldout_corpus: PieceCorpus, output_dir: Path, device: torch.device,
-        dist: Distributed, stdout: TextIO, saved_state: Optional[dict] = None,
+        self,
+        model: BertForPretraining,
+        pieces: WordPieces,
+        settings: PretrainingSettings,
+        train_corpus: PieceCorpus,
+        heldout_corpus: PieceCorpus,
+        output_dir: Path,
+        device: torch.device,
+        dist: Distributed,
+        stdout: TextIO,
+        saved_state: Optional[dict] = None,
     ):
         self.model, self.pieces, self.settings = model, pieces, settings
         self.train_corpus, self.heldout_corpus = train_corpus, heldout_corpus
@@ -164,8 +187,17 @@ class Trainer:
             )
         self.step_module = step_module
         self.optimizer = _optimizer(model, settings)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(settings.autocast, device) == torch.float16)
-        self.state = {"step": 0, "tokens": 0, "epoch": 0, "batch_in_epoch": 0, "best_eval_loss": math.inf, "skipped_steps": 0}
+        self.scaler = torch.amp.GradScaler(
+            device.type, enabled=autocast_dtype(settings.autocast, device) == torch.float16
+        )
+        self.state = {
+            "step": 0,
+            "tokens": 0,
+            "epoch": 0,
+            "batch_in_epoch": 0,
+            "best_eval_loss": math.inf,
+            "skipped_steps": 0,
+        }
         if saved_state is not None:
             saved_state = dict(saved_state)
             self.optimizer.load_state_dict(saved_state.pop("optimizer"))
@@ -173,8 +205,13 @@ class Trainer:
             self.state.update(saved_state)
         self.log = _Log(output_dir / LOG_FILE, self.state["step"], dist.is_main, stdout, settings.max_steps)
         stream = iterate_batches(
-            train_corpus, settings.max_length, self.pairing, settings.batch_tokens, settings.seed,
-            self.state["epoch"], min_rows=max(MIN_BATCH_ROWS, dist.world),
+            train_corpus,
+            settings.max_length,
+            self.pairing,
+            settings.batch_tokens,
+            settings.seed,
+            self.state["epoch"],
+            min_rows=max(MIN_BATCH_ROWS, dist.world),
         )
         for _ in range(self.state["batch_in_epoch"]):
             next(stream)
@@ -203,10 +240,16 @@ class Trainer:
             window_tokens += tokens
             step = state["step"]
             if step % settings.log_every == 0 or step == settings.max_steps:
-                averaged = self.dist.mean({key: sum(w[key] for w in window) / len(window) for key in window[0]})
+                averaged = self.dist.mean(
+                    {key: sum(w[key] for w in window) / len(window) for key in window[0]}
+                )
                 self.log.write(
-                    step=step, epoch=state["epoch"], tokens=state["tokens"], lr=self.optimizer.param_groups[0]["lr"],
-                    **averaged, tokens_per_s=window_tokens / max(window_seconds, 1e-9),
+                    step=step,
+                    epoch=state["epoch"],
+                    tokens=state["tokens"],
+                    lr=self.optimizer.param_groups[0]["lr"],
+                    **averaged,
+                    tokens_per_s=window_tokens / max(window_seconds, 1e-9),
                     skipped_steps=state["skipped_steps"],
                 )
                 window, window_seconds, window_tokens = [], 0.0, 0
@@ -216,7 +259,9 @@ class Trainer:
                 self.save_last()
         self.save_last()
         if self.dist.is_main and not self.best_dir.exists():
-            save_checkpoint(self.best_dir, self.model, self.pieces)  # no held-out docs: the last is the best we know
+            save_checkpoint(
+                self.best_dir, self.model, self.pieces
+            )  # no held-out docs: the last is the best we know
         self.log.close()
 
     def train_step(self) -> Tuple[Optional[Dict[str, float]], int]:
@@ -229,7 +274,9 @@ class Trainer:
         tokens = 0
         for micro in range(settings.grad_accumulation):
             epoch, index, instances = next(self.stream)
-            batch = build_batch(self.train_corpus, instances, self.pieces.cls_id, self.pieces.sep_id, self.pieces.pad_id)
+            batch = build_batch(
+                self.train_corpus, instances, self.pieces.cls_id, self.pieces.sep_id, self.pieces.pad_id
+            )
             # Masks depend on the step alone, so a resumed run masks exactly as an uninterrupted
             # one, and data-parallel ranks mask their rows as one process would.
             rng = numpy.random.default_rng([settings.seed, state["step"], micro])
@@ -263,7 +310,9 @@ class Trainer:
 
     def evaluate_and_keep_best(self) -> None:
         if self.dist.is_main and self.heldout_corpus.n_docs:
-            scores = evaluate(self.model, self.heldout_corpus, self.pieces, self.settings, self.pairing, self.device)
+            scores = evaluate(
+                self.model, self.heldout_corpus, self.pieces, self.settings, self.pairing, self.device
+            )
             self.log.write(step=self.state["step"], **scores)
             if scores["eval_mlm_loss"] < self.state["best_eval_loss"]:
                 self.state["best_eval_loss"] = scores["eval_mlm_loss"]
@@ -282,8 +331,12 @@ class Trainer:
 
 @torch.no_grad()
 def evaluate(
-    model: BertForPretraining, corpus: PieceCorpus, pieces: WordPieces, settings: PretrainingSettings,
-    pairing: Optional[str], device: torch.device,
+    model: BertForPretraining,
+    corpus: PieceCorpus,
+    pieces: WordPieces,
+    settings: PretrainingSettings,
+    pairing: Optional[str],
+    device: torch.device,
 ) -> Dict[str, float]:
     """Held-out metrics on fixed batches with fixed masking, so evaluations are comparable."""
     module = PretrainingModel(model, settings.objectives, settings.autocast)
@@ -333,7 +386,9 @@ def _learned_vocab(raw_text: Path, component, settings: PretrainingSettings, dis
         if raw_text.suffix == ".spacy":
             from spacy.tokens import DocBin
 
-            texts = (doc.text for doc in DocBin().from_disk(raw_text).get_docs(util.get_lang_class("xx")().vocab))
+            texts = (
+                doc.text for doc in DocBin().from_disk(raw_text).get_docs(util.get_lang_class("xx")().vocab)
+            )
         else:
             texts = read_texts(raw_text, settings.bad_lines)
         learned = WordPieces.train(texts, component.cfg["vocab_size"], lowercase=component.cfg["lowercase"])
@@ -344,7 +399,12 @@ def _learned_vocab(raw_text: Path, component, settings: PretrainingSettings, dis
 
 
 def _piece_corpora(
-    raw_text: Path, nlp: Language, pieces: WordPieces, settings: PretrainingSettings, dist: Distributed, stdout: TextIO
+    raw_text: Path,
+    nlp: Language,
+    pieces: WordPieces,
+    settings: PretrainingSettings,
+    dist: Distributed,
+    stdout: TextIO,
 ) -> Tuple[PieceCorpus, PieceCorpus]:
     folder = cache_folder(cache_root(settings), raw_text, pieces, nlp, settings.heldout_docs)
     if dist.is_main and not (folder / "train" / "meta.json").exists():
@@ -374,7 +434,10 @@ def _optimizer(model: BertForPretraining, settings: PretrainingSettings) -> torc
     opt = settings.optimizer
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=opt.learning_rate, betas=(opt.beta1, opt.beta2), eps=opt.eps, fused=True,
+        lr=opt.learning_rate,
+        betas=(opt.beta1, opt.beta2),
+        eps=opt.eps,
+        fused=True,
     )
 
 
@@ -384,7 +447,11 @@ def _set_learning_rate(optimizer: torch.optim.Optimizer, settings: PretrainingSe
         factor = (step + 1) / opt.warmup_steps
     else:
         progress = (step - opt.warmup_steps) / max(1, settings.max_steps - opt.warmup_steps)
-        factor = {"linear": 1 - progress, "cosine": 0.5 * (1 + math.cos(math.pi * progress)), "constant": 1.0}[opt.decay]
+        factor = {
+            "linear": 1 - progress,
+            "cosine": 0.5 * (1 + math.cos(math.pi * progress)),
+            "constant": 1.0,
+        }[opt.decay]
     for group in optimizer.param_groups:
         group["lr"] = opt.learning_rate * factor
 
@@ -403,7 +470,9 @@ def _device(gpu_id: int, dist: Distributed) -> torch.device:
     if gpu_id < 0:
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise PretrainingError(f"--gpu-id {gpu_id}: PyTorch sees no CUDA GPU; install a CUDA build of torch or use the CPU")
+        raise PretrainingError(
+            f"--gpu-id {gpu_id}: PyTorch sees no CUDA GPU; install a CUDA build of torch or use the CPU"
+        )
     index = gpu_id + dist.local_rank
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
@@ -412,7 +481,9 @@ def _device(gpu_id: int, dist: Distributed) -> torch.device:
 def _raw_text_path(config: Config) -> Path:
     raw = config.get("paths", {}).get("raw_text")
     if not raw:
-        raise PretrainingError("[paths] raw_text is not set: pass --paths.raw_text corpus.jsonl (.txt, .jsonl or .spacy)")
+        raise PretrainingError(
+            "[paths] raw_text is not set: pass --paths.raw_text corpus.jsonl (.txt, .jsonl or .spacy)"
+        )
     path = Path(raw)
     if not path.is_file():
         raise PretrainingError(f"[paths] raw_text: {path} does not exist or is not a file")
@@ -478,19 +549,27 @@ class _Log:
         if not active:
             return
         if path.exists():  # drop lines past the resumed state, so a resumed log reads as one run
-            lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resumed_step]
+            lines = [
+                line
+                for line in path.read_text().splitlines()
+                if line and json.loads(line)["step"] <= resumed_step
+            ]
             path.write_text("".join(line + "\n" for line in lines))
         self.file = path.open("a")
         if stdout.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=max_steps, initial=resumed_step, file=stdout, unit="step", dynamic_ncols=True)
+            self.bar = tqdm(
+                total=max_steps, initial=resumed_step, file=stdout, unit="step", dynamic_ncols=True
+            )
             self.last_step = resumed_step
 
     def write(self, **record) -> None:
         if not self.active:
             return
-        record = {key: (round(value, 6) if isinstance(value, float) else value) for key, value in record.items()}
+        record = {
+            key: (round(value, 6) if isinstance(value, float) else value) for key, value in record.items()
+        }
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         if self.bar is not None:

@@ -1,4 +1,5 @@
 """BERT's masking for the masked-LM objective, by piece, whole word or span of words."""
+
 from dataclasses import dataclass
 from typing import Tuple
 
@@ -57,7 +58,9 @@ def mask_pieces(
     return Masked(replaced.reshape(input_ids.shape), labels.reshape(input_ids.shape))
 
 
-def _span_units(n_units: int, rate: float, mean_span_words: float, rng: numpy.random.Generator) -> numpy.ndarray:
+def _span_units(
+    n_units: int, rate: float, mean_span_words: float, rng: numpy.random.Generator
+) -> numpy.ndarray:
     """SpanBERT-style spans of geometric length (mean `mean_span_words`, at most 10) at random
     starts, added until they cover `rate` of the words (overlaps count once)."""
     chosen = numpy.zeros(n_units, dtype=bool)

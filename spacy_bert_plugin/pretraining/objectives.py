@@ -5,6 +5,7 @@ An objective may change the batch before the encoder runs (`prepare`, e.g. maski
 the encoder's output into a loss and metrics (`loss`). `pairing` tells the data which segment
 pairs it needs: None, "next" (NSP) or "order" (SOP); at most one objective may ask for pairs.
 """
+
 from typing import Dict, Optional, Tuple
 
 import numpy
@@ -109,7 +110,9 @@ class SentenceOrderPrediction(SegmentPairObjective):
 
 
 @registry.bert_objectives("spacy_bert_plugin.MLM.v1")
-def make_mlm(weight: float = 1.0, mask_rate: float = 0.15, unit: str = "word", mean_span_words: float = 3.0) -> Objective:
+def make_mlm(
+    weight: float = 1.0, mask_rate: float = 0.15, unit: str = "word", mean_span_words: float = 3.0
+) -> Objective:
     """Masked LM; `unit` is "piece", "word" (all pieces of a spaCy token) or "span" of words."""
     return MaskedLanguageModel(weight, mask_rate, unit, mean_span_words)
 

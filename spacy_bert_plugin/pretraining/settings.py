@@ -1,8 +1,17 @@
 """The `[bert_pretraining]` config section, validated."""
+
 from pathlib import Path
 from typing import Any, Dict, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+)
 from spacy.util import registry
 from thinc.api import Config
 
@@ -56,7 +65,9 @@ def read_settings(config: Config) -> PretrainingSettings:
     section = dict(config["bert_pretraining"])
     objectives = registry.resolve({"objectives": section.get("objectives", {})})["objectives"]
     # `--bert_pretraining.objectives.nsp null` switches an objective off from the command line.
-    section["objectives"] = {name: objective for name, objective in objectives.items() if objective is not None}
+    section["objectives"] = {
+        name: objective for name, objective in objectives.items() if objective is not None
+    }
     try:
         settings = PretrainingSettings(**section)
     except ValidationError as err:
@@ -69,7 +80,9 @@ def read_settings(config: Config) -> PretrainingSettings:
         raise SettingsError("[bert_pretraining.objectives] is empty: add at least the MLM objective")
     pairings = [obj.pairing for obj in settings.objectives.values() if obj.pairing]
     if len(pairings) > 1:
-        raise SettingsError(f"at most one segment-pair objective (NSP or SOP) can be used, the config has {len(pairings)}")
+        raise SettingsError(
+            f"at most one segment-pair objective (NSP or SOP) can be used, the config has {len(pairings)}"
+        )
     return settings
 
 

@@ -1,8 +1,8 @@
 """Fixtures for the pretraining tests."""
+
 from pathlib import Path
 
 import pytest
-
 from pretraining_data import ALICE
 
 

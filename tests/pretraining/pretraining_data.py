@@ -1,4 +1,5 @@
 """Helpers for the pretraining tests: synthetic and real corpora, a tiny pretraining config."""
+
 import json
 from itertools import islice
 from pathlib import Path
@@ -26,7 +27,12 @@ def synthetic_corpus(sentences_per_doc: List[int], sentence_length: int = 7) -> 
             sentence_offsets.append(len(ids))
         doc_offsets.append(len(sentence_offsets) - 1)
     word_start = numpy.ones(len(ids), dtype=bool)
-    return PieceCorpus(numpy.array(ids, dtype=numpy.int32), word_start, numpy.array(sentence_offsets), numpy.array(doc_offsets))
+    return PieceCorpus(
+        numpy.array(ids, dtype=numpy.int32),
+        word_start,
+        numpy.array(sentence_offsets),
+        numpy.array(doc_offsets),
+    )
 
 
 def conll_sentences(limit: int) -> Optional[List[str]]:
@@ -80,5 +86,10 @@ PRETRAIN_CFG = REPO_ROOT / "configs" / "pretrain.cfg"
 
 def tiny_config(raw_text: Path, cache: Path, **overrides):
     """configs/pretrain.cfg with a tiny model, reading `raw_text` and caching pieces in `cache`."""
-    values = {**TINY_OVERRIDES, "paths.raw_text": str(raw_text), "bert_pretraining.cache_dir": str(cache), **overrides}
+    values = {
+        **TINY_OVERRIDES,
+        "paths.raw_text": str(raw_text),
+        "bert_pretraining.cache_dir": str(cache),
+        **overrides,
+    }
     return util.load_config(PRETRAIN_CFG, overrides=values, interpolate=False)

@@ -3,15 +3,20 @@ import json
 import numpy
 import pytest
 import spacy
+from pretraining_data import ALICE, tiny_config
 from spacy.tokens import DocBin
 
 from spacy_bert_plugin.pieces import WordPieces
 from spacy_bert_plugin.pretraining.corpus import (
-    CorpusError, CorpusStats, PieceCorpus, build_piece_corpora, cache_folder, read_docs, read_texts,
+    CorpusError,
+    CorpusStats,
+    PieceCorpus,
+    build_piece_corpora,
+    cache_folder,
+    read_docs,
+    read_texts,
 )
 from spacy_bert_plugin.pretraining.loop import pretrain
-
-from pretraining_data import ALICE, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +42,14 @@ def test_jsonl_bad_lines_raise_with_file_and_line(tmp_path):
 
 def test_bad_lines_can_be_skipped_and_counted(tmp_path):
     path = tmp_path / "corpus.jsonl"
-    lines = [b'{"text": "one"}', b'{"text": 5}', b"not json", b'{"text": "caf\xe9"}', b'{"other": 1}', b'{"text": "two"}']
+    lines = [
+        b'{"text": "one"}',
+        b'{"text": 5}',
+        b"not json",
+        b'{"text": "caf\xe9"}',
+        b'{"other": 1}',
+        b'{"text": "two"}',
+    ]
     path.write_bytes(b"\n".join(lines) + b"\n")
     stats = CorpusStats()
     assert list(read_texts(path, bad_lines="skip", stats=stats)) == ["one", "two"]
@@ -46,7 +58,7 @@ def test_bad_lines_can_be_skipped_and_counted(tmp_path):
 
 def test_non_utf8_text_is_an_error_naming_the_line(tmp_path):
     path = tmp_path / "corpus.txt"
-    path.write_bytes("fine\n\n".encode() + "caf\xe9\n".encode("latin-1"))
+    path.write_bytes(b"fine\n\n" + "caf\xe9\n".encode("latin-1"))
     with pytest.raises(CorpusError, match=r"corpus.txt, line 3: not UTF-8"):
         list(read_texts(path))
 
@@ -69,11 +81,20 @@ def test_empty_corpus_never_runs_silently(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(CorpusError, match="is empty"):
-        pretrain(tiny_config(empty, tmp_path / "cache", **{"bert_pretraining.max_steps": 1}), tmp_path / "out")
+        pretrain(
+            tiny_config(empty, tmp_path / "cache", **{"bert_pretraining.max_steps": 1}), tmp_path / "out"
+        )
     blank = tmp_path / "blank.jsonl"
     blank.write_text('{"text": "   "}\n{"other": 1}\n')
     with pytest.raises(CorpusError):
-        pretrain(tiny_config(blank, tmp_path / "cache", **{"bert_pretraining.max_steps": 1, "bert_pretraining.bad_lines": "skip"}), tmp_path / "out")
+        pretrain(
+            tiny_config(
+                blank,
+                tmp_path / "cache",
+                **{"bert_pretraining.max_steps": 1, "bert_pretraining.bad_lines": "skip"},
+            ),
+            tmp_path / "out",
+        )
 
 
 def test_spacy_docs_keep_their_sentences(tmp_path):
@@ -106,7 +127,10 @@ def test_piece_cache_round_trip_and_heldout_split(tmp_path, pieces):
     first_paragraph = ALICE.read_text(encoding="utf8").split("\n\n")[0]
     sentences = [[t.text for t in s] for s in read_docs_from_text(nlp, first_paragraph).sents]
     expected = numpy.concatenate([ids for ids, _ in pieces.encode_words(sentences)])
-    start, end = heldout.sentence_offsets[heldout.doc_offsets[0]], heldout.sentence_offsets[heldout.doc_offsets[1]]
+    start, end = (
+        heldout.sentence_offsets[heldout.doc_offsets[0]],
+        heldout.sentence_offsets[heldout.doc_offsets[1]],
+    )
     numpy.testing.assert_array_equal(heldout.ids[start:end], expected)
     assert train.word_start.dtype == bool and train.word_start[train.sentence_offsets[:-1]].all()
 

@@ -1,9 +1,13 @@
 import numpy
 import pytest
-
-from spacy_bert_plugin.pretraining.instances import bucket_batches, build_batch, iterate_batches, make_instances
-
 from pretraining_data import synthetic_corpus
+
+from spacy_bert_plugin.pretraining.instances import (
+    bucket_batches,
+    build_batch,
+    iterate_batches,
+    make_instances,
+)
 
 CLS, SEP, PAD = 2, 3, 0
 

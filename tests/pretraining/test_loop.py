@@ -1,4 +1,5 @@
 """End-to-end runs of the pretraining loop on real text (tiny model, a few steps)."""
+
 import json
 import math
 import os
@@ -11,13 +12,20 @@ from pathlib import Path
 import numpy
 import pytest
 import torch
+from pretraining_data import (
+    PRETRAIN_CFG,
+    REPO_ROOT,
+    TINY_OVERRIDES,
+    conll_examples,
+    conll_sentences,
+    tiny_config,
+    write_jsonl,
+)
 from safetensors.torch import load_file
 from spacy import util
 
 from spacy_bert_plugin.pretraining import PretrainingError, pretrain
 from spacy_bert_plugin.pretraining.objectives import Objective
-
-from pretraining_data import PRETRAIN_CFG, REPO_ROOT, TINY_OVERRIDES, conll_examples, conll_sentences, tiny_config, write_jsonl
 
 
 def read_log(output_dir: Path):
@@ -37,18 +45,27 @@ def weights(folder: Path):
 
 
 def test_resume_ends_where_an_uninterrupted_run_ends(alice_corpus, tmp_path):
-    settings = {"bert_pretraining.max_steps": 6, "bert_pretraining.save_every": 3, "bert_pretraining.eval_every": 3}
+    settings = {
+        "bert_pretraining.max_steps": 6,
+        "bert_pretraining.save_every": 3,
+        "bert_pretraining.eval_every": 3,
+    }
     straight = tmp_path / "straight"
     pretrain(tiny_config(alice_corpus, tmp_path / "cache", **settings), straight)
     split = tmp_path / "split"
-    pretrain(tiny_config(alice_corpus, tmp_path / "cache", **{**settings, "bert_pretraining.max_steps": 3}), split)
+    pretrain(
+        tiny_config(alice_corpus, tmp_path / "cache", **{**settings, "bert_pretraining.max_steps": 3}), split
+    )
     pretrain(tiny_config(alice_corpus, tmp_path / "cache", **settings), split, resume=True)
     expected, got = weights(straight / "model-last"), weights(split / "model-last")
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6, msg=key)
     assert without_timing(read_log(split)) == without_timing(read_log(straight))
     # Fine-tuning windows default to the sequence length pretraining used.
-    assert json.loads((split / "model-last" / "config.json").read_text())["trained_positions"] == TINY_OVERRIDES["bert_pretraining.max_length"]
+    assert (
+        json.loads((split / "model-last" / "config.json").read_text())["trained_positions"]
+        == TINY_OVERRIDES["bert_pretraining.max_length"]
+    )
 
 
 def test_nan_losses_are_skipped_then_stop_the_run(alice_corpus, tmp_path):
@@ -64,7 +81,11 @@ def test_nan_losses_are_skipped_then_stop_the_run(alice_corpus, tmp_path):
     out = tmp_path / "out"
     pretrain(tiny_config(alice_corpus, tmp_path / "cache", **{"bert_pretraining.max_steps": 2}), out)
     before = weights(out / "model-last")
-    config = tiny_config(alice_corpus, tmp_path / "cache", **{"bert_pretraining.max_steps": 4, "bert_pretraining.max_bad_steps": 3})
+    config = tiny_config(
+        alice_corpus,
+        tmp_path / "cache",
+        **{"bert_pretraining.max_steps": 4, "bert_pretraining.max_bad_steps": 3},
+    )
     config["bert_pretraining"]["objectives"]["poison"] = {"@bert_objectives": "test.Poison.v1"}
     with pytest.raises(PretrainingError, match="3 steps in a row had a non-finite loss"):
         pretrain(config, out, resume=True)
@@ -91,14 +112,20 @@ def test_full_disk_is_reported_before_training(alice_corpus, tmp_path, monkeypat
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1024))
     with pytest.raises(PretrainingError, match="MiB free but a checkpoint"):
-        pretrain(tiny_config(alice_corpus, tmp_path / "cache", **{"bert_pretraining.max_steps": 1}), tmp_path / "out")
+        pretrain(
+            tiny_config(alice_corpus, tmp_path / "cache", **{"bert_pretraining.max_steps": 1}),
+            tmp_path / "out",
+        )
     assert not (tmp_path / "out" / "model-last").exists()
 
 
 def cli(*args, **kwargs):
     return subprocess.Popen(
         [sys.executable, "-m", "spacy", "bert-pretrain", *map(str, args)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
     )
 
 
@@ -110,7 +137,11 @@ def cli_overrides(raw_text: Path, cache: Path, **extra):
 @pytest.mark.slow
 def test_sigint_saves_a_resumable_state(alice_corpus, tmp_path):
     out = tmp_path / "out"
-    args = cli_overrides(alice_corpus, tmp_path / "cache", **{"bert_pretraining.max_steps": 100000, "bert_pretraining.save_every": 100000})
+    args = cli_overrides(
+        alice_corpus,
+        tmp_path / "cache",
+        **{"bert_pretraining.max_steps": 100000, "bert_pretraining.save_every": 100000},
+    )
     process = cli(PRETRAIN_CFG, out, *args)
     assert _wait_for_log(out, process), "the run ended before SIGINT"
     process.send_signal(signal.SIGINT)
@@ -125,7 +156,11 @@ def test_sigint_saves_a_resumable_state(alice_corpus, tmp_path):
 def test_sigkill_never_leaves_a_broken_checkpoint(alice_corpus, tmp_path):
     out = tmp_path / "out"
     # Save every step, so the kill likely lands during a save at some point.
-    args = cli_overrides(alice_corpus, tmp_path / "cache", **{"bert_pretraining.max_steps": 12, "bert_pretraining.save_every": 1})
+    args = cli_overrides(
+        alice_corpus,
+        tmp_path / "cache",
+        **{"bert_pretraining.max_steps": 12, "bert_pretraining.save_every": 1},
+    )
     rng = numpy.random.default_rng(0)
     for _ in range(3):
         process = cli(PRETRAIN_CFG, out, *args, *(["--resume"] if (out / "model-last").exists() else []))
@@ -164,17 +199,34 @@ def _wait_for_log(out: Path, process: subprocess.Popen, timeout: float = 120) ->
 def test_two_process_ddp_follows_the_single_process_curve(alice_corpus, tmp_path):
     """2 ranks on CPU (gloo), each with half of every global batch, against one process."""
     extra = {
-        "bert_pretraining.max_steps": 5, "bert_pretraining.eval_every": 5,
-        "components.bert_encoder.model.dropout": 0.0, "components.bert_encoder.model.attention_dropout": 0.0,
+        "bert_pretraining.max_steps": 5,
+        "bert_pretraining.eval_every": 5,
+        "components.bert_encoder.model.dropout": 0.0,
+        "components.bert_encoder.model.attention_dropout": 0.0,
     }
     args = cli_overrides(alice_corpus, tmp_path / "cache", **extra)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = cli(PRETRAIN_CFG, tmp_path / "single", *args, env=env)
     assert single.wait(timeout=300) == 0, single.stdout.read()
     ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "spacy", "bert-pretrain", str(PRETRAIN_CFG), str(tmp_path / "ddp"), *args],
-        capture_output=True, text=True, timeout=300, env=env,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "spacy",
+            "bert-pretrain",
+            str(PRETRAIN_CFG),
+            str(tmp_path / "ddp"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert ddp.returncode == 0, ddp.stdout + ddp.stderr
     single_rows, ddp_rows = training_rows(tmp_path / "single"), training_rows(tmp_path / "ddp")
@@ -194,11 +246,18 @@ def test_pretraining_on_real_sentences_then_ner_starts_from_it(tmp_path):
     docs = [" ".join(sentences[i : i + 5]) for i in range(0, len(sentences), 5)]
     raw_text = write_jsonl(tmp_path / "news.jsonl", docs)
     out = tmp_path / "pretrain"
-    config = tiny_config(raw_text, tmp_path / "cache", **{
-        "bert_pretraining.max_steps": 150, "bert_pretraining.eval_every": 50, "bert_pretraining.log_every": 10,
-        "bert_pretraining.heldout_docs": 30, "bert_pretraining.optimizer.learning_rate": 0.002,
-        "bert_pretraining.optimizer.warmup_steps": 10,
-    })
+    config = tiny_config(
+        raw_text,
+        tmp_path / "cache",
+        **{
+            "bert_pretraining.max_steps": 150,
+            "bert_pretraining.eval_every": 50,
+            "bert_pretraining.log_every": 10,
+            "bert_pretraining.heldout_docs": 30,
+            "bert_pretraining.optimizer.learning_rate": 0.002,
+            "bert_pretraining.optimizer.warmup_steps": 10,
+        },
+    )
     pretrain(config, out)
     evals = [row for row in read_log(out) if "eval_mlm_loss" in row]
     assert [row["step"] for row in evals] == [50, 100, 150]
@@ -208,15 +267,27 @@ def test_pretraining_on_real_sentences_then_ner_starts_from_it(tmp_path):
     assert evals[-1]["eval_mlm_loss"] < evals[0]["eval_mlm_loss"]
     assert evals[-1]["eval_mlm_accuracy"] > 0.02
 
-    ner_config = util.load_config(REPO_ROOT / "configs" / "ner.cfg", overrides={
-        "paths.init_bert": str(out / "model-best"), "paths.train": None, "paths.dev": None,
-        "components.bert_encoder.model.hidden_width": 32, "components.bert_encoder.model.num_layers": 2,
-        "components.bert_encoder.model.num_heads": 2, "components.bert_encoder.model.intermediate_width": 64,
-        "components.bert_encoder.model.max_positions": 64,
-    }, interpolate=True)
+    ner_config = util.load_config(
+        REPO_ROOT / "configs" / "ner.cfg",
+        overrides={
+            "paths.init_bert": str(out / "model-best"),
+            "paths.train": None,
+            "paths.dev": None,
+            "components.bert_encoder.model.hidden_width": 32,
+            "components.bert_encoder.model.num_layers": 2,
+            "components.bert_encoder.model.num_heads": 2,
+            "components.bert_encoder.model.intermediate_width": 64,
+            "components.bert_encoder.model.max_positions": 64,
+        },
+        interpolate=True,
+    )
     nlp = util.load_model_from_config(ner_config, auto_fill=True)
     nlp.initialize(lambda: conll_examples(nlp, 20))
     encoder = nlp.get_pipe("bert_encoder").model.layers[0].shims[0]._model.encoder
     best = weights(out / "model-best")
-    torch.testing.assert_close(encoder.embeddings.word.weight.detach(), best["bert.embeddings.word_embeddings.weight"])
-    torch.testing.assert_close(encoder.layers[1].output.weight.detach(), best["bert.encoder.layer.1.output.dense.weight"])
+    torch.testing.assert_close(
+        encoder.embeddings.word.weight.detach(), best["bert.embeddings.word_embeddings.weight"]
+    )
+    torch.testing.assert_close(
+        encoder.layers[1].output.weight.detach(), best["bert.encoder.layer.1.output.dense.weight"]
+    )

@@ -23,7 +23,9 @@ def random_batch(rng, rows=64, length=128, mean_word_pieces=1.6):
 def test_mask_rate_and_specials(unit, rate):
     rng = numpy.random.default_rng(0)
     ids, maskable, word_start = random_batch(rng)
-    masked = mask_pieces(ids, maskable, word_start, rng, mask_id=MASK_ID, random_ids=(5, VOCAB), rate=rate, unit=unit)
+    masked = mask_pieces(
+        ids, maskable, word_start, rng, mask_id=MASK_ID, random_ids=(5, VOCAB), rate=rate, unit=unit
+    )
     assert maskable.ravel()[positions(masked)].all(), "a special piece was masked"
     fraction = len(positions(masked)) / maskable.sum()
     assert fraction == pytest.approx(rate, abs=0.02)
@@ -68,7 +70,11 @@ def test_piece_masking_splits_words():
     chosen = numpy.zeros(ids.size, dtype=bool)
     chosen[positions(masked)] = True
     word_of_piece = numpy.cumsum(word_start.ravel() | ~maskable.ravel())
-    partial = [w for w in numpy.unique(word_of_piece[chosen]) if not chosen[(word_of_piece == w) & maskable.ravel()].all()]
+    partial = [
+        w
+        for w in numpy.unique(word_of_piece[chosen])
+        if not chosen[(word_of_piece == w) & maskable.ravel()].all()
+    ]
     assert partial, "piece masking should sometimes mask part of a word"
 
 
@@ -76,7 +82,16 @@ def test_span_masking_masks_runs_of_words():
     rng = numpy.random.default_rng(4)
     ids, maskable, _ = random_batch(rng)
     word_start = numpy.ones_like(maskable)  # one piece per word: runs of pieces are runs of words
-    masked = mask_pieces(ids, maskable, word_start, rng, mask_id=MASK_ID, random_ids=(5, VOCAB), unit="span", mean_span_words=3.0)
+    masked = mask_pieces(
+        ids,
+        maskable,
+        word_start,
+        rng,
+        mask_id=MASK_ID,
+        random_ids=(5, VOCAB),
+        unit="span",
+        mean_span_words=3.0,
+    )
     chosen = numpy.zeros(ids.size, dtype=bool)
     chosen[positions(masked)] = True
     run_starts = chosen & ~numpy.concatenate([[False], chosen[:-1]])
@@ -89,5 +104,7 @@ def test_at_least_one_position_is_masked():
     ids = numpy.array([[2, 10, 11, 3]])
     maskable = numpy.array([[False, True, True, False]])
     for _ in range(20):
-        masked = mask_pieces(ids, maskable, numpy.ones_like(maskable), rng, mask_id=MASK_ID, random_ids=(5, VOCAB), rate=0.01)
+        masked = mask_pieces(
+            ids, maskable, numpy.ones_like(maskable), rng, mask_id=MASK_ID, random_ids=(5, VOCAB), rate=0.01
+        )
         assert len(positions(masked)) >= 1

@@ -4,8 +4,8 @@ import torch
 
 from spacy_bert_plugin.checkpoint import load_checkpoint
 from spacy_bert_plugin.pretraining.instances import Batch
-from spacy_bert_plugin.pretraining.objectives import make_mlm, make_nsp
 from spacy_bert_plugin.pretraining.loop import PretrainingModel
+from spacy_bert_plugin.pretraining.objectives import make_mlm, make_nsp
 
 
 def random_batch(vocab_size: int, rows: int = 4, length: int = 20) -> Batch:
@@ -18,7 +18,15 @@ def random_batch(vocab_size: int, rows: int = 4, length: int = 20) -> Batch:
     token_type_ids[:, 10:] = 1
     maskable = padding_mask.copy()
     maskable[:, 0] = False
-    return Batch(input_ids, token_type_ids, padding_mask, maskable, numpy.ones_like(maskable), numpy.array([0, 1, 1, 0]), int(padding_mask.sum()))
+    return Batch(
+        input_ids,
+        token_type_ids,
+        padding_mask,
+        maskable,
+        numpy.ones_like(maskable),
+        numpy.array([0, 1, 1, 0]),
+        int(padding_mask.sum()),
+    )
 
 
 def test_losses_match_hf_bert_for_pretraining(hf_checkpoint):
@@ -28,7 +36,10 @@ def test_losses_match_hf_bert_for_pretraining(hf_checkpoint):
     batch = random_batch(pieces.vocab_size)
     objectives = {"mlm": make_mlm(), "nsp": make_nsp()}
     objectives["mlm"].prepare(batch, pieces, numpy.random.default_rng(1))
-    tensors = {name: torch.from_numpy(getattr(batch, name)) for name in ("input_ids", "token_type_ids", "padding_mask")}
+    tensors = {
+        name: torch.from_numpy(getattr(batch, name))
+        for name in ("input_ids", "token_type_ids", "padding_mask")
+    }
     with torch.no_grad():
         total, metrics = PretrainingModel(model, objectives, None)(tensors, batch)
 
@@ -36,12 +47,16 @@ def test_losses_match_hf_bert_for_pretraining(hf_checkpoint):
     hf = transformers.BertForPreTraining.from_pretrained(hf_checkpoint).eval()
     with torch.no_grad():
         out = hf(
-            input_ids=tensors["input_ids"], attention_mask=tensors["padding_mask"].long(),
-            token_type_ids=tensors["token_type_ids"], labels=labels,
+            input_ids=tensors["input_ids"],
+            attention_mask=tensors["padding_mask"].long(),
+            token_type_ids=tensors["token_type_ids"],
+            labels=labels,
             next_sentence_label=torch.from_numpy(batch.pair_labels),
         )
     assert float(total) == pytest.approx(float(out.loss), abs=1e-4)
-    hf_nsp = torch.nn.functional.cross_entropy(out.seq_relationship_logits, torch.from_numpy(batch.pair_labels))
+    hf_nsp = torch.nn.functional.cross_entropy(
+        out.seq_relationship_logits, torch.from_numpy(batch.pair_labels)
+    )
     assert float(metrics["nsp_loss"]) == pytest.approx(float(hf_nsp), abs=1e-5)
 
 

@@ -1,9 +1,8 @@
 import pytest
+from pretraining_data import PRETRAIN_CFG
 from spacy import util
 
 from spacy_bert_plugin.pretraining.settings import SettingsError, read_settings
-
-from pretraining_data import PRETRAIN_CFG
 
 
 def settings_with(**overrides):
