@@ -1,16 +1,19 @@
 """`python -m spacy bert-pretrain`: pretrain the bert_encoder on raw text."""
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 from spacy import util
-from spacy.cli._util import Arg, Opt, app, parse_config_overrides, show_validation_error
+from spacy.cli._util import Arg, Opt, app, import_code, parse_config_overrides, show_validation_error
 from wasabi import msg
 
 from ..checkpoint import CheckpointError
-from ..pretraining import PretrainingError, pretrain
+from ..pretraining import PretrainingError, Trainer, build_trainer, pretrain
 from ..pretraining.corpus import CorpusError
 from ..pretraining.settings import SettingsError
+
+USER_ERRORS = (PretrainingError, CorpusError, CheckpointError, SettingsError)
 
 
 @app.command(
@@ -27,19 +30,66 @@ def bert_pretrain_cli(
     ),
     output_dir: Path = Arg(..., help="Folder for model-last/, model-best/ and log.jsonl"),
     resume: bool = Opt(
-        False, "--resume", help="Continue from OUTPUT_DIR/model-last (model, optimizer, data position, RNG)"
+        False,
+        "--resume",
+        help="Continue from OUTPUT_DIR/model-last (model, optimizer, data position, RNG); "
+        "starts from the beginning when nothing was saved yet",
     ),
     gpu_id: int = Opt(-1, "--gpu-id", "-g", help="GPU to use, -1 for the CPU"),
+    code_path: Optional[Path] = Opt(
+        None,
+        "--code",
+        "-c",
+        help="Python file with registered functions (objectives, architectures, loggers)",
+    ),
+    dry_run: bool = Opt(
+        False,
+        "--dry-run",
+        help="Validate the config, read (and cache) the corpus, print the plan; train nothing",
+    ),
 ) -> None:
-    """Pretrain a BERT encoder with masked-LM (+ NSP or SOP) on raw text (.txt with blank lines
-    between documents, .jsonl with {"text": ...} per line, or .spacy). Config values can be
-    overridden as in `spacy train`, e.g. --paths.raw_text corpus.jsonl
-    --bert_pretraining.max_steps 1000. Under torchrun, runs data-parallel on all ranks."""
+    """Pretrain a BERT encoder with masked-LM or replaced-token detection (+ NSP or SOP) on raw
+    text (.txt with blank lines between documents, .jsonl with {"text": ...} per line, or
+    .spacy). Config values can be overridden as in `spacy train`, e.g. --paths.raw_text
+    corpus.jsonl --bert_pretraining.max_steps 1000. Under torchrun, runs data-parallel on all ranks."""
     overrides = parse_config_overrides(ctx.args)
+    import_code(code_path)
     with show_validation_error(config_path):
         config = util.load_config(config_path, overrides=overrides, interpolate=False)
     try:
+        if dry_run:
+            msg.text(
+                describe_plan(build_trainer(config, output_dir, resume=resume, gpu_id=gpu_id, dry_run=True))
+            )
+            msg.good(f"{config_path} is ready to train")
+            return
         last = pretrain(config, output_dir, resume=resume, gpu_id=gpu_id)
-    except (PretrainingError, CorpusError, CheckpointError, SettingsError) as err:
+    except USER_ERRORS as err:
         msg.fail(str(err), exits=1)
     msg.good(f"Pretraining done: {last} and {output_dir / 'model-best'}")
+
+
+def describe_plan(trainer: Trainer) -> str:
+    settings, config = trainer.settings, trainer.model.config
+    params = sum(p.numel() for p in trainer.module.parameters())
+    budget = " and ".join(
+        part
+        for part in (
+            settings.max_steps and f"{settings.max_steps:,} steps",
+            settings.max_minutes and f"{settings.max_minutes:g} minutes",
+        )
+        if part
+    )
+    train, heldout = trainer.train_corpus, trainer.heldout_corpus
+    epochs = (settings.max_steps or 0) * settings.batch_tokens / max(1, train.n_pieces)
+    return "\n".join(
+        [
+            f"Model: {config.num_layers} layers x {config.hidden_width}, {config.num_heads} heads, "
+            f"{trainer.pieces.vocab_size:,} pieces, {params / 1e6:.1f}M parameters (objectives included)",
+            f"Objectives: {', '.join(settings.objectives)}",
+            f"Corpus: {train.n_docs:,} training docs ({train.n_pieces:,} pieces), {heldout.n_docs:,} held out",
+            f"Budget: {budget}, batches of {settings.batch_tokens:,} pieces of up to {settings.max_length}"
+            + (f" (about {epochs:.1f} epochs)" if settings.max_steps else ""),
+            f"Start: step {trainer.state['step']:,}",
+        ]
+    )

@@ -1,9 +1,12 @@
 """Pretraining objectives, in the `bert_objectives` registry that other packages extend through
 the `spacy_bert_objectives` entry-point group.
 
-An objective may change the batch before the encoder runs (`prepare`, e.g. masking) and turns
-the encoder's output into a loss and metrics (`loss`). `pairing` tells the data which segment
-pairs it needs: None, "next" (NSP) or "order" (SOP); at most one objective may ask for pairs.
+An objective is a torch module: the modules it owns (e.g. RTD's generator) train with the
+encoder, and are saved and resumed with it. A step calls, in order: `prepare` on the numpy batch
+(e.g. masking), `before_encoder` on its tensors (e.g. a generator's replacements), the encoder,
+then `loss`, which turns the encoder's output into the objective's weighted loss and metrics.
+`pairing` tells the data which segment pairs it needs: None, "next" (NSP) or "order" (SOP); at
+most one objective may ask for pairs.
 """
 
 from typing import Dict, Optional, Tuple
@@ -11,13 +14,14 @@ from typing import Dict, Optional, Tuple
 import numpy
 import torch
 from spacy.util import registry
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..bert.heads import BertForPretraining
 from ..pieces import WordPieces
 from .instances import Batch
 from .masking import MASK_UNITS, NOT_MASKED, mask_pieces
+from .settings import SettingsError
 
 if not hasattr(registry, "bert_objectives"):
     registry.create("bert_objectives", entry_points=True)
@@ -25,29 +29,46 @@ if not hasattr(registry, "bert_objectives"):
 Metrics = Dict[str, Tensor]  # detached scalars, read only when logged
 
 
-class Objective:
+Tensors = Dict[str, Tensor]  # the batch on the device: input_ids, token_type_ids, padding_mask
+
+
+class Objective(nn.Module):
     name: str = ""
     pairing: Optional[str] = None
+    masks_input: bool = False  # at most one objective may mask the pieces
 
     def __init__(self, weight: float = 1.0):
+        super().__init__()
+        if weight < 0:
+            raise SettingsError(
+                f"[bert_pretraining.objectives.{self.name}] weight = {weight} must not be negative"
+            )
         self.weight = weight
 
-    def prepare(self, batch: Batch, pieces: WordPieces, rng: numpy.random.Generator) -> None:
-        """Change the batch in place before the forward pass."""
+    def setup(self, model: BertForPretraining, pieces: WordPieces) -> None:
+        """Build the modules that depend on the model's sizes or vocabulary, before training."""
 
-    def loss(self, model: BertForPretraining, hidden: Tensor, batch: Batch) -> Tuple[Tensor, Metrics]:
+    def prepare(self, batch: Batch, pieces: WordPieces, rng: numpy.random.Generator) -> None:
+        """Change the numpy batch in place before it goes to the device."""
+
+    def before_encoder(self, model: BertForPretraining, tensors: Tensors, batch: Batch) -> Tensors:
+        """The tensors the encoder reads (and anything `loss` needs later)."""
+        return tensors
+
+    def loss(
+        self, model: BertForPretraining, hidden: Tensor, batch: Batch, tensors: Tensors
+    ) -> Tuple[Tensor, Metrics]:
+        """(weighted loss, metrics) from the encoder's last hidden states."""
         raise NotImplementedError
 
 
 class MaskedLanguageModel(Objective):
     name = "mlm"
+    masks_input = True
 
     def __init__(self, weight: float, mask_rate: float, unit: str, mean_span_words: float):
         super().__init__(weight)
-        if not 0 < mask_rate < 1:
-            raise ValueError(f"mask_rate must be between 0 and 1, not {mask_rate}")
-        if unit not in MASK_UNITS:
-            raise ValueError(f"unit must be one of {MASK_UNITS}, not {unit!r}")
+        check_masking(self.name, mask_rate, unit)
         self.mask_rate = mask_rate
         self.unit = unit
         self.mean_span_words = mean_span_words
@@ -67,18 +88,35 @@ class MaskedLanguageModel(Objective):
         batch.input_ids = masked.input_ids
         batch.extra["mlm_labels"] = masked.labels
 
-    def loss(self, model: BertForPretraining, hidden: Tensor, batch: Batch) -> Tuple[Tensor, Metrics]:
-        device = hidden.device
-        flat_labels = batch.extra["mlm_labels"].ravel()
-        positions = numpy.flatnonzero(flat_labels != NOT_MASKED)
-        labels = torch.from_numpy(flat_labels[positions]).to(device)
-        positions = torch.from_numpy(positions).to(device)
+    def loss(
+        self, model: BertForPretraining, hidden: Tensor, batch: Batch, tensors: Tensors
+    ) -> Tuple[Tensor, Metrics]:
+        positions, labels = masked_positions(batch.extra["mlm_labels"], hidden.device)
         # Vocabulary logits only at the masked positions.
         selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
         logits = model.mlm_head(selected, model.encoder.embeddings.word.weight).float()
         loss = F.cross_entropy(logits, labels)
         accuracy = (logits.argmax(-1) == labels).float().mean()
-        return loss, {"mlm_loss": loss.detach(), "mlm_accuracy": accuracy}
+        return self.weight * loss, {"mlm_loss": loss.detach(), "mlm_accuracy": accuracy}
+
+
+def check_masking(name: str, mask_rate: float, unit: str) -> None:
+    if not 0 < mask_rate < 1:
+        raise SettingsError(
+            f"[bert_pretraining.objectives.{name}] mask_rate = {mask_rate} must be between 0 and 1 (exclusive)"
+        )
+    if unit not in MASK_UNITS:
+        raise SettingsError(
+            f"[bert_pretraining.objectives.{name}] unit = {unit!r} is not a masking unit; use one of "
+            + ", ".join(f'"{u}"' for u in MASK_UNITS)
+        )
+
+
+def masked_positions(labels: numpy.ndarray, device: torch.device) -> Tuple[Tensor, Tensor]:
+    """Flat indices of the masked positions and their original ids, on `device`."""
+    flat = labels.ravel()
+    positions = numpy.flatnonzero(flat != NOT_MASKED)
+    return torch.from_numpy(positions).to(device), torch.from_numpy(flat[positions]).to(device)
 
 
 class SegmentPairObjective(Objective):
@@ -87,12 +125,14 @@ class SegmentPairObjective(Objective):
     def __init__(self, weight: float):
         super().__init__(weight)
 
-    def loss(self, model: BertForPretraining, hidden: Tensor, batch: Batch) -> Tuple[Tensor, Metrics]:
+    def loss(
+        self, model: BertForPretraining, hidden: Tensor, batch: Batch, tensors: Tensors
+    ) -> Tuple[Tensor, Metrics]:
         labels = torch.from_numpy(batch.pair_labels).to(hidden.device)
         logits = model.nsp_head(model.encoder.pool(hidden)).float()
         loss = F.cross_entropy(logits, labels)
         accuracy = (logits.argmax(-1) == labels).float().mean()
-        return loss, {f"{self.name}_loss": loss.detach(), f"{self.name}_accuracy": accuracy}
+        return self.weight * loss, {f"{self.name}_loss": loss.detach(), f"{self.name}_accuracy": accuracy}
 
 
 class NextSentencePrediction(SegmentPairObjective):

@@ -4,8 +4,8 @@ import torch
 
 from spacy_bert_plugin.checkpoint import load_checkpoint
 from spacy_bert_plugin.pretraining.instances import Batch
-from spacy_bert_plugin.pretraining.loop import PretrainingModel
 from spacy_bert_plugin.pretraining.objectives import make_mlm, make_nsp
+from spacy_bert_plugin.pretraining.trainer import PretrainingModel
 
 
 def random_batch(vocab_size: int, rows: int = 4, length: int = 20) -> Batch:
@@ -66,7 +66,7 @@ def test_mlm_loss_only_sees_masked_positions(hf_checkpoint):
     mlm = make_mlm(mask_rate=0.2)
     mlm.prepare(batch, pieces, numpy.random.default_rng(2))
     hidden = torch.randn(*batch.input_ids.shape, model.config.hidden_width, requires_grad=True)
-    loss, _ = mlm.loss(model, hidden, batch)
+    loss, _ = mlm.loss(model, hidden, batch, {})
     loss.backward()
     grad_rows = hidden.grad.reshape(-1, hidden.shape[-1]).abs().sum(-1)
     masked = numpy.zeros(batch.input_ids.size, dtype=bool)

@@ -1,0 +1,250 @@
+"""From a config to a ready `Trainer`: settings, device, vocabulary, model, corpora, and the
+saved state when resuming."""
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Dict, List, Optional, TextIO, Tuple
+
+import torch
+from spacy import util
+from spacy.language import Language
+from thinc.api import Config
+
+from ..bert.heads import BertForPretraining
+from ..checkpoint import load_checkpoint, recover_interrupted_save
+from ..layers import dropout_rates
+from ..pieces import WordPieces
+from .corpus import (
+    CorpusError,
+    CorpusStats,
+    PieceCorpus,
+    build_piece_corpora,
+    cache_folder,
+    read_docs,
+    read_texts,
+)
+from .log import TrainingLog
+from .runtime import Distributed, PretrainingError, check_output_dir, select_device, set_threads
+from .settings import PretrainingSettings, cache_root, read_settings
+from .trainer import STATE_FILE, Trainer, load_saved_objectives
+
+FACTORY = "bert_encoder"
+# Settings a resumed run may change; any other difference from the saved run is refused.
+RESUMABLE_CHANGES = (
+    "bert_pretraining.max_steps",
+    "bert_pretraining.max_minutes",
+    "bert_pretraining.log_every",
+    "bert_pretraining.eval_every",
+    "bert_pretraining.save_every",
+    "bert_pretraining.eval_batches",
+    "bert_pretraining.max_bad_steps",
+    "bert_pretraining.n_process",
+    "bert_pretraining.threads",
+    "bert_pretraining.compile",
+    "bert_pretraining.cache_dir",
+    "bert_pretraining.bad_lines",
+    "bert_pretraining.optimizer.learning_rate",
+    "bert_pretraining.logger.",
+    "components.bert_encoder.model.dropout",
+    "components.bert_encoder.model.attention_dropout",
+)
+
+
+def build_trainer(
+    config: Config,
+    output_dir: Path,
+    *,
+    resume: bool = False,
+    gpu_id: int = -1,
+    stdout: TextIO = sys.stdout,
+    dry_run: bool = False,
+) -> Trainer:
+    """Everything `spacy bert-pretrain` does before its first step. With `resume`, continue from
+    `output_dir/model-last` (or start anew, saying so, when nothing was saved there). With
+    `dry_run`, nothing is written to `output_dir` (the corpus cache is filled as usual)."""
+    output_dir = Path(output_dir)
+    dist = Distributed()
+    device = select_device(gpu_id, dist)
+    dist.start(device)
+    interpolated = config.interpolate()
+    settings = read_settings(interpolated)
+    set_threads(settings.threads, dist)
+    raw_text = _raw_text_path(interpolated)
+    nlp = util.load_model_from_config(config, auto_fill=True, validate=True)
+    component = _find_component(nlp)
+    last_dir = output_dir / "model-last"
+    recover_interrupted_save(last_dir)
+    recover_interrupted_save(output_dir / "model-best")
+    run_config = _run_config(interpolated, component.name)
+    saved_state = None
+    if resume and not (last_dir / STATE_FILE).exists():
+        print(f"--resume: nothing saved in {last_dir} yet; starting from the beginning", file=stdout)
+    elif resume:
+        saved_state = torch.load(last_dir / STATE_FILE, map_location="cpu", weights_only=True)
+        saved_run_config = saved_state.pop("run_config", None)
+        if saved_run_config is not None:
+            _check_resumable(saved_run_config, run_config, last_dir, stdout)
+    if saved_state is not None:
+        model, pieces = load_checkpoint(last_dir, **dropout_rates(component.model))
+        saved_objectives = load_saved_objectives(last_dir)
+    else:
+        model, pieces, saved_objectives = _initial_model(interpolated, component, raw_text, settings, dist)
+    if settings.max_length > model.config.max_positions:
+        raise PretrainingError(
+            f"[bert_pretraining] max_length = {settings.max_length} exceeds the model's max_positions = "
+            f"{model.config.max_positions}"
+        )
+    if model.config.trained_positions is not None:  # None: a checkpoint trained on all its positions
+        trained = max(model.config.trained_positions, settings.max_length)
+        model.config = model.encoder.config = replace(model.config, trained_positions=trained)
+    train_corpus, heldout_corpus = _piece_corpora(raw_text, nlp, pieces, settings, dist, stdout)
+    active = dist.is_main and not dry_run
+    if active:
+        check_output_dir(output_dir, _save_bytes(model, settings))
+    log = TrainingLog(
+        output_dir,
+        saved_state["step"] if saved_state else 0,
+        active,
+        stdout,
+        settings.logger if active else None,
+        nlp,
+        component.name,
+        [f"eval_{name}_accuracy" for name in settings.objectives],
+        settings.max_steps,
+        settings.eval_every,
+    )
+    trainer = Trainer(
+        model, pieces, settings, train_corpus, heldout_corpus, output_dir, device, dist, log,
+        saved_state, saved_objectives,
+    )  # fmt: skip
+    trainer.state["run_config"] = run_config
+    return trainer
+
+
+def _initial_model(
+    config: Config, component, raw_text: Path, settings: PretrainingSettings, dist: Distributed
+) -> Tuple[BertForPretraining, WordPieces, Optional[Dict[str, torch.Tensor]]]:
+    """Continued pretraining from a checkpoint (with the objectives' modules when it has them), or
+    a new model with a vocabulary learnt from the corpus."""
+    init = config.get("initialize", {}).get("components", {}).get(component.name, {})
+    checkpoint = init.get("checkpoint") or component.cfg["checkpoint"]
+    if checkpoint:
+        model, pieces = load_checkpoint(checkpoint, **dropout_rates(component.model))
+        return model, pieces, load_saved_objectives(Path(checkpoint))
+    pieces = _learned_vocab(raw_text, component, settings, dist)
+    bert_config = replace(
+        component.model.attrs["bert_config"],
+        vocab_size=pieces.vocab_size,
+        pad_token_id=pieces.pad_id,
+        trained_positions=settings.max_length,
+    )
+    torch.manual_seed(settings.seed)
+    return BertForPretraining(bert_config), pieces, None
+
+
+def _learned_vocab(raw_text: Path, component, settings: PretrainingSettings, dist: Distributed) -> WordPieces:
+    stat = raw_text.stat()
+    key = f"vocab-{component.cfg['vocab_size']}-{int(component.cfg['lowercase'])}-{stat.st_size}-{stat.st_mtime_ns}"
+    folder = cache_root(settings) / key / raw_text.name
+    if dist.is_main and not (folder / "vocab.txt").exists():
+        if raw_text.suffix == ".spacy":
+            from spacy.tokens import DocBin
+
+            texts = (
+                doc.text for doc in DocBin().from_disk(raw_text).get_docs(util.get_lang_class("xx")().vocab)
+            )
+        else:
+            texts = read_texts(raw_text, settings.bad_lines)
+        learned = WordPieces.train(texts, component.cfg["vocab_size"], lowercase=component.cfg["lowercase"])
+        folder.mkdir(parents=True, exist_ok=True)
+        learned.to_disk(folder)
+    dist.barrier()
+    return WordPieces.from_disk(folder)
+
+
+def _piece_corpora(
+    raw_text: Path,
+    nlp: Language,
+    pieces: WordPieces,
+    settings: PretrainingSettings,
+    dist: Distributed,
+    stdout: TextIO,
+) -> Tuple[PieceCorpus, PieceCorpus]:
+    folder = cache_folder(cache_root(settings), raw_text, pieces, nlp, settings.heldout_docs)
+    if dist.is_main and not (folder / "train" / "meta.json").exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        stats = CorpusStats()
+        docs = read_docs(raw_text, nlp, settings.bad_lines, settings.n_process, stats)
+        built = build_piece_corpora(docs, pieces, folder, settings.heldout_docs)
+        print(
+            f"Encoded {raw_text}: {built.docs} docs with text, {stats.skipped_lines} bad lines skipped; "
+            f"cache {folder}",
+            file=stdout,
+        )
+    dist.barrier()
+    train, heldout = PieceCorpus.load(folder / "train"), PieceCorpus.load(folder / "heldout")
+    if not train.n_docs:
+        raise CorpusError(
+            f"{raw_text} has no training text left after the {heldout.n_docs} held-out docs: "
+            "add text or lower [bert_pretraining] heldout_docs"
+        )
+    return train, heldout
+
+
+def _save_bytes(model: BertForPretraining, settings: PretrainingSettings) -> int:
+    """What the saves of a run hold on disk at their fullest: model-last (weights and AdamW's two
+    moments), model-best (weights), and a second model-last while a save is swapped in."""
+    params = sum(p.numel() for p in model.parameters())
+    weights = params * 4
+    return (weights + 2 * weights) * 2 + weights
+
+
+def _run_config(config: Config, component: str) -> Dict[str, Any]:
+    """The settings a resumed run must share with the saved one, flattened to dotted keys."""
+    section = {
+        "bert_pretraining": config["bert_pretraining"],
+        f"components.{component}": config["components"][component],
+        "paths.raw_text": config.get("paths", {}).get("raw_text"),
+    }
+    return dict(_flatten(section))
+
+
+def _flatten(value: Any, prefix: str = "") -> List[Tuple[str, Any]]:
+    if isinstance(value, dict):
+        return [item for key, sub in value.items() for item in _flatten(sub, f"{prefix}{key}.")]
+    return [(prefix[:-1], value)]
+
+
+def _check_resumable(saved: Dict[str, Any], current: Dict[str, Any], last_dir: Path, stdout: TextIO) -> None:
+    changed = sorted(key for key in saved.keys() | current.keys() if saved.get(key) != current.get(key))
+    refused = [key for key in changed if not key.startswith(RESUMABLE_CHANGES)]
+    if refused:
+        details = "; ".join(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}" for key in refused)
+        raise PretrainingError(
+            f"--resume: the config differs from the run saved in {last_dir} where a run cannot change "
+            f"({details}); restore those settings, or start a new run in another folder"
+        )
+    for key in changed:
+        print(f"--resume: {key} changed from {saved.get(key)!r} to {current.get(key)!r}", file=stdout)
+
+
+def _raw_text_path(config: Config) -> Path:
+    raw = config.get("paths", {}).get("raw_text")
+    if not raw:
+        raise PretrainingError(
+            "[paths] raw_text is not set: pass --paths.raw_text corpus.jsonl (.txt, .jsonl or .spacy)"
+        )
+    path = Path(raw)
+    if not path.is_file():
+        raise PretrainingError(f"[paths] raw_text: {path} does not exist or is not a file")
+    if path.stat().st_size == 0:
+        raise CorpusError(f"{path} is empty: pretraining needs text")
+    return path
+
+
+def _find_component(nlp: Language):
+    for name in nlp.pipe_names:
+        if nlp.get_pipe_meta(name).factory == FACTORY:
+            return nlp.get_pipe(name)
+    raise PretrainingError(f"the config's pipeline has no {FACTORY} component; add one under [components]")
