@@ -1,0 +1,296 @@
+"""The shell commands of README.md and project/README.md work as written.
+
+Every command in a fenced `bash` block of the two READMEs is checked: the command it names
+exists (a Makefile target, a registered `spacy` CLI command, a project workflow, a script and its
+subcommand), every config or script it names exists, and every option it passes is one the command
+takes (`--section.key` overrides must be keys of the config, `--vars.NAME` variables of
+project.yml). The cheap ones (RUN_HERE) are then run as written, in-process, with tiny data and
+tiny-model overrides appended; the others are listed in RUN_ELSEWHERE with what runs them, and
+that is checked to exist. A command that is neither fails the test: add it to one of the two.
+"""
+
+import re
+import shlex
+import traceback
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import pytest
+import spacy
+import srsly
+import typer
+from spacy import util
+from spacy.cli._util import app
+from spacy.tokens import DocBin, Span
+from thinc.api import Config
+from tiny_bert import REPO_ROOT, alice_paragraphs
+from typer.testing import CliRunner
+
+# The folder each README's commands run in.
+READMES = {"README.md": REPO_ROOT, "project/README.md": REPO_ROOT / "project"}
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+# spaCy commands this module runs on tiny data (see test_readme_commands_run).
+RUN_HERE = ("spacy bert-pretrain", "spacy bert-init-config", "spacy train", "spacy bert-export-hf")
+
+# Commands too slow or too global to run here: (file, text it must contain) that shows what runs them.
+RUN_ELSEWHERE: Dict[str, List[Tuple[str, str]]] = {
+    "make install": [("Makefile", "test: install"), (".ci/run", "make test")],
+    "make test": [(".ci/run", "make test")],
+    "make lint": [(".ci/run", "make lint")],
+    "make demo": [
+        ("Makefile", "spacy project run all"),
+        ("tests/test_project.py", "def test_smoke_workflow_writes_metrics_and_report("),
+    ],
+    # The smoke workflow runs every command of `all` on a slice (project/scripts/smoke.py).
+    "spacy project run": [
+        ("tests/test_project.py", "def test_smoke_workflow_writes_metrics_and_report("),
+        ("project/scripts/smoke.py", '"all",'),
+    ],
+    "scripts/fetch_assets.py": [
+        ("tests/test_project_data.py", "def test_fetch_from_wheel_dir_extracts_members_and_skips_existing(")
+    ],
+    "scripts/prepare_data.py raw-text": [("tests/test_project_data.py", "def test_raw_text_from_csv_zip(")],
+    "scripts/prepare_data.py textcat": [("tests/test_project_data.py", "def test_textcat_label_dirs(")],
+    "scripts/prepare_data.py ner": [
+        ("tests/test_project_data.py", "def test_ner_command_writes_deterministic_disjoint_splits(")
+    ],
+    "scripts/prepare_data.py mix": [
+        ("tests/test_project_data.py", "def test_mix_adds_copies_of_training_texts_shuffled(")
+    ],
+}
+
+TINY_PRETRAINING = {
+    "components.bert_encoder.model.hidden_width": "32",
+    "components.bert_encoder.model.num_layers": "2",
+    "components.bert_encoder.model.num_heads": "2",
+    "components.bert_encoder.model.intermediate_width": "64",
+    "components.bert_encoder.model.max_positions": "64",
+    "components.bert_encoder.vocab_size": "600",
+    "bert_pretraining.max_steps": "2",
+    "bert_pretraining.max_length": "64",
+    "bert_pretraining.batch_tokens": "1024",
+    "bert_pretraining.heldout_docs": "4",
+    "bert_pretraining.eval_batches": "2",
+    "bert_pretraining.eval_every": "2",
+    "bert_pretraining.save_every": "2",
+    "bert_pretraining.optimizer.warmup_steps": "1",
+}
+TINY_TRAINING = {
+    "components.bert_encoder.model.hidden_width": "32",
+    "training.max_steps": "2",
+    "training.eval_frequency": "2",
+}
+
+runner = CliRunner()
+
+
+def fenced(readme: str, languages: Tuple[str, ...]) -> List[str]:
+    text = (REPO_ROOT / readme).read_text(encoding="utf8")
+    return [body for language, body in FENCE.findall(text) if language in languages]
+
+
+def shell_commands(readme: str) -> List[List[str]]:
+    """The commands of the README's bash blocks, as argv lists (comments and `[ ]` dropped)."""
+    commands = []
+    for body in fenced(readme, ("bash", "sh", "shell")):
+        for line in body.replace("\\\n", " ").splitlines():
+            line = re.sub(r"(^|\s)#.*$", "", line).strip()
+            if line:
+                commands.append([token.strip("[]") for token in shlex.split(line)])
+    return commands
+
+
+def command_key(argv: List[str]) -> str:
+    if argv[0] == "make":
+        return f"make {argv[1]}"
+    if argv[:3] == ["python", "-m", "spacy"]:
+        return "spacy project run" if argv[3:5] == ["project", "run"] else f"spacy {argv[3]}"
+    if argv[0] == "python" and argv[1].endswith(".py"):
+        return argv[1] if argv[1] in RUN_ELSEWHERE else " ".join(argv[1:3])
+    raise AssertionError(f"{shlex.join(argv)}: tests/test_docs.py has no check for this kind of command")
+
+
+COMMANDS = [(readme, argv) for readme in READMES for argv in shell_commands(readme)]
+
+
+def spacy_commands() -> Dict[str, object]:
+    util.registry.cli.get_all()  # imports the `spacy_cli` entry points, as `python -m spacy` does
+    return typer.main.get_command(app).commands
+
+
+def options_of(command) -> set:
+    return {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
+
+
+def has_key(config: Dict, dotted: str) -> bool:
+    node = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def load_script(path: Path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"docs_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_flags(argv: List[str], options: set, config: Dict, where: str) -> None:
+    for token in argv:
+        if not token.startswith("--"):
+            continue
+        if "." in token:
+            assert has_key(config, token[2:]), f"{shlex.join(argv)}: {token} is no key of {where}"
+        else:
+            assert token in options, f"{shlex.join(argv)}: {token} is not an option ({sorted(options)})"
+
+
+@pytest.mark.parametrize("readme,argv", COMMANDS, ids=[f"{r}: {' '.join(a)[:70]}" for r, a in COMMANDS])
+def test_command_names_what_exists(readme, argv):
+    cwd = READMES[readme]
+    key = command_key(argv)
+    assert key in RUN_ELSEWHERE or key in RUN_HERE, f"{shlex.join(argv)}: neither run here nor mapped"
+    if argv[0] == "make":
+        targets = re.findall(r"^([\w-]+):", (REPO_ROOT / "Makefile").read_text(), flags=re.MULTILINE)
+        assert argv[1] in targets, f"make {argv[1]}: no such target in the Makefile"
+    elif argv[:3] == ["python", "-m", "spacy"]:
+        commands = spacy_commands()
+        assert argv[3] in commands, f"{shlex.join(argv)}: spacy has no command {argv[3]!r}"
+        command = commands[argv[3]]
+        if key == "spacy project run":
+            project = srsly.read_yaml(cwd / "project.yml")
+            names = {w for w in project["workflows"]} | {c["name"] for c in project["commands"]}
+            assert argv[5] in names, f"{shlex.join(argv)}: project.yml has no workflow {argv[5]!r}"
+            if len(argv) > 6 and not argv[6].startswith("-"):
+                assert (cwd / argv[6] / "project.yml").exists()
+            check_flags(argv, options_of(command.commands["run"]), {"vars": project["vars"]}, "project.yml")
+        elif key == "spacy bert-init-config":
+            name = argv[4]
+            assert (REPO_ROOT / "configs" / f"{name}.cfg").exists(), f"no configs/{name}.cfg to write"
+            check_flags(argv, options_of(command), {}, "")
+        else:
+            configs = [token for token in argv[4:] if token.endswith(".cfg")]
+            config = {}
+            if configs:
+                assert (cwd / configs[0]).exists(), f"{shlex.join(argv)}: {configs[0]} does not exist"
+                config = util.load_config(cwd / configs[0], interpolate=False)
+            if key == "spacy train":
+                assert "--output" in argv, f"{shlex.join(argv)}: spacy train saves nothing without --output"
+            check_flags(argv, options_of(command), config, configs[0] if configs else "")
+    else:
+        script = cwd / argv[1]
+        assert script.exists(), f"{shlex.join(argv)}: {script} does not exist"
+        command = typer.main.get_command(load_script(script).app)
+        if hasattr(command, "commands"):
+            assert argv[2] in command.commands, f"{shlex.join(argv)}: {argv[1]} has no command {argv[2]!r}"
+            command = command.commands[argv[2]]
+        check_flags(argv, options_of(command), {}, "")
+
+
+@pytest.mark.parametrize("key", sorted(RUN_ELSEWHERE))
+def test_commands_run_elsewhere_are_run_there(key):
+    for path, text in RUN_ELSEWHERE[key]:
+        assert text in (REPO_ROOT / path).read_text(encoding="utf8"), f"{key}: {path} lacks {text!r}"
+
+
+def overrides(values: Dict[str, str], config: Path) -> List[str]:
+    """`--key value` for the keys the config has (the CPU recipe may lack a size it fixes)."""
+    loaded = util.load_config(config, interpolate=False)
+    return [arg for key, value in values.items() if has_key(loaded, key) for arg in (f"--{key}", value)]
+
+
+def write_docbins(folder: Path, task: str) -> Path:
+    """train.spacy and dev.spacy from alice.txt: "Alice" as a PERSON, or ALICE / OTHER as the class."""
+    nlp = spacy.blank("en")
+    docs = []
+    for text in alice_paragraphs()[:16]:
+        doc = nlp.make_doc(text)
+        if task == "ner":
+            doc.ents = [
+                Span(doc, i, i + 1, label="PERSON") for i, token in enumerate(doc) if token.text == "Alice"
+            ]
+        else:
+            has_alice = "Alice" in text
+            doc.cats = {"ALICE": float(has_alice), "OTHER": float(not has_alice)}
+        docs.append(doc)
+    folder.mkdir(parents=True)
+    DocBin(docs=docs[:12]).to_disk(folder / "train.spacy")
+    DocBin(docs=docs[12:]).to_disk(folder / "dev.spacy")
+    return folder
+
+
+def invoke(argv: List[str]) -> str:
+    result = runner.invoke(app, argv)
+    if result.exit_code != 0:
+        error = "".join(traceback.format_exception(*result.exc_info)) if result.exc_info else ""
+        pytest.fail(f"spacy {shlex.join(argv)} failed:\n{result.output}\n{error}")
+    return result.output
+
+
+def test_readme_commands_run(tmp_path, monkeypatch):
+    """README.md's spaCy commands, in the order pretraining -> configs -> training -> export."""
+    spacy_commands()
+    monkeypatch.chdir(REPO_ROOT)
+    corpus = tmp_path / "corpus.jsonl"
+    srsly.write_jsonl(corpus, [{"text": text} for text in alice_paragraphs()])
+    commands = [argv[3:] for argv in shell_commands("README.md") if command_key(argv) in RUN_HERE]
+    order = {name: index for index, name in enumerate(("bert-pretrain", "bert-init-config", "train"))}
+    commands.sort(key=lambda argv: order.get(argv[0], len(order)))
+    assert {argv[0] for argv in commands} == {key.split()[1] for key in RUN_HERE}
+    pretrained = None
+    trained = None
+    for n, argv in enumerate(commands):
+        name = argv[0]
+        if name == "bert-pretrain":
+            out = tmp_path / f"pretrain-{n}"
+            args = [name, argv[1], str(out)] + [
+                str(corpus) if a in ("corpus.jsonl", "FILE") else a for a in argv[3:]
+            ]
+            args += overrides(TINY_PRETRAINING, REPO_ROOT / argv[1])
+            args += ["--bert_pretraining.cache_dir", str(tmp_path / "cache")]
+            invoke(args)
+            if "--dry-run" not in argv:
+                assert (out / "model-best" / "config.json").exists()
+                pretrained = pretrained or out / "model-best"
+        elif name == "bert-init-config":
+            written = tmp_path / argv[2]
+            invoke([name, argv[1], str(written), *argv[3:]])
+            config = Config().from_disk(written, interpolate=False)
+            assert config["components"]["bert_encoder"]["factory"] == "bert_encoder"
+        elif name == "train":
+            assert pretrained is not None, "README.md pretrains nothing for spacy train to start from"
+            task = "ner" if "ner" in Path(argv[1]).stem else "textcat"
+            data = write_docbins(tmp_path / f"data-{n}", task)
+            substitute = {"train.spacy": str(data / "train.spacy"), "dev.spacy": str(data / "dev.spacy")}
+            args = [substitute.get(a, a) for a in argv]
+            args[args.index("--output") + 1] = str(tmp_path / f"training-{n}")
+            args[args.index("--paths.init_bert") + 1] = str(pretrained)
+            invoke(args + overrides(TINY_TRAINING, REPO_ROOT / argv[1]))
+            assert (tmp_path / f"training-{n}" / "model-last" / "config.cfg").exists()
+            trained = trained or tmp_path / f"training-{n}" / "model-last"
+        else:  # bert-export-hf PIPELINE_OR_CHECKPOINT OUTPUT_DIR [--component NAME]
+            assert trained is not None
+            args = [name, str(trained), str(tmp_path / f"export-{n}")]
+            if "--component" in argv:
+                args += ["--component", "bert_encoder"]
+            invoke(args)
+            assert (tmp_path / f"export-{n}" / "model.safetensors").exists()
+
+    # The component example, on the checkpoint pretrained above.
+    (example,) = [code for code in fenced("README.md", ("python",)) if "add_pipe" in code]
+    namespace: Dict = {}
+    exec(example.replace("path/to/bert", str(pretrained)), namespace)
+    doc = namespace["doc"]
+    assert doc.tensor.shape == (len(doc), 32) and doc.tensor.dtype == "float32"
+
+
+def test_readme_config_snippets_are_in_the_configs():
+    ner_cfg = (REPO_ROOT / "configs" / "ner.cfg").read_text(encoding="utf8")
+    for snippet in fenced("README.md", ("ini",)):
+        assert snippet.strip() in ner_cfg, f"README.md's config snippet is not in configs/ner.cfg:\n{snippet}"
