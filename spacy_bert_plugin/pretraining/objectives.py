@@ -36,6 +36,7 @@ class Objective(nn.Module):
     name: str = ""
     pairing: Optional[str] = None
     masks_input: bool = False  # at most one objective may mask the pieces
+    heads: Tuple[str, ...] = ()  # the BertForPretraining heads it trains
 
     def __init__(self, weight: float = 1.0):
         super().__init__()
@@ -65,6 +66,7 @@ class Objective(nn.Module):
 class MaskedLanguageModel(Objective):
     name = "mlm"
     masks_input = True
+    heads = ("mlm_head",)
 
     def __init__(self, weight: float, mask_rate: float, unit: str, mean_span_words: float):
         super().__init__(weight)
@@ -121,6 +123,8 @@ def masked_positions(labels: numpy.ndarray, device: torch.device) -> Tuple[Tenso
 
 class SegmentPairObjective(Objective):
     """Binary classification of the segment pair from the pooled [CLS] vector."""
+
+    heads = ("nsp_head",)
 
     def __init__(self, weight: float):
         super().__init__(weight)

@@ -84,14 +84,25 @@ class Trainer:
         self.last_dir, self.best_dir = output_dir / "model-last", output_dir / "model-best"
         self.device, self.dist, self.log = device, dist, log
         self.pairing = next((obj.pairing for obj in settings.objectives.values() if obj.pairing), None)
-        if self.pairing is None:  # the pooler and pair head get no gradient without a pair objective
-            model.encoder.pooler.requires_grad_(False)
-            model.nsp_head.requires_grad_(False)
+        # Heads no objective trains get no gradient (and DDP must not wait for one).
+        trained_heads = {head for obj in settings.objectives.values() for head in obj.heads}
+        for head in ("mlm_head", "nsp_head"):
+            getattr(model, head).requires_grad_(head in trained_heads)
+        model.encoder.pooler.requires_grad_("nsp_head" in trained_heads)
         for objective in settings.objectives.values():
             objective.setup(model, pieces)
         self.module = PretrainingModel(model, settings.objectives, settings.autocast)
         if saved_objectives:
-            self.module.objectives.load_state_dict(saved_objectives)
+            # Continued pretraining may keep some objectives of the saved run and add others.
+            configured = tuple(f"{name}." for name in settings.objectives)
+            kept = {key: value for key, value in saved_objectives.items() if key.startswith(configured)}
+            try:
+                self.module.objectives.load_state_dict(kept, strict=False)
+            except RuntimeError as err:
+                raise PretrainingError(
+                    f"the saved {OBJECTIVES_FILE} does not fit the configured objectives ({err}); start "
+                    "their modules anew by removing that file from the checkpoint"
+                ) from None
         self.module.to(device)
         step_module: nn.Module = self.module
         if settings.compile:
