@@ -6,6 +6,7 @@ split, optional lower-casing and accent stripping) and then WordPiece, exactly l
 """
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -16,6 +17,9 @@ PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]
 # Words longer than this become [UNK], as in BERT.
 MAX_CHARS_PER_WORD = 100
+# Runs of characters that could make a word longer than MAX_CHARS_PER_WORD: whatever the normalizer
+# does, BERT's pre-tokenization ends a word at ASCII whitespace and the Unicode space separators (Zs).
+_LONG_RUN = re.compile(f"[^ \t\n\r\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]{{{MAX_CHARS_PER_WORD + 1},}}")
 
 
 class WordPieces:
@@ -83,10 +87,18 @@ class WordPieces:
         lowercase: bool = True,
         min_frequency: int = 2,
     ) -> "WordPieces":
-        """Learn a WordPiece vocabulary of at most `vocab_size` pieces from raw texts."""
+        """Learn a WordPiece vocabulary of at most `vocab_size` pieces from raw texts. Words over
+        MAX_CHARS_PER_WORD characters, which encode as [UNK], are left out: the trainer's time grows
+        with the square of a word's length (a 1 MB "word" would take hours)."""
+        normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+        pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tokenizer = Tokenizer(models.WordPiece(unk_token=UNK))
-        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tokenizer.normalizer, tokenizer.pre_tokenizer = normalizer, pre_tokenizer
+
+        def without_long_words(match: "re.Match[str]") -> str:
+            words = pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(match.group()))
+            return " ".join(word for word, _ in words if len(word) <= MAX_CHARS_PER_WORD)
+
         trainer = trainers.WordPieceTrainer(
             vocab_size=vocab_size,
             min_frequency=min_frequency,
@@ -94,7 +106,7 @@ class WordPieces:
             continuing_subword_prefix="##",
             show_progress=False,
         )
-        tokenizer.train_from_iterator(texts, trainer)
+        tokenizer.train_from_iterator((_LONG_RUN.sub(without_long_words, text) for text in texts), trainer)
         return cls(tokenizer.get_vocab(), lowercase=lowercase)
 
     # Files in Hugging Face's layout, so that BertTokenizer(Fast) reads them.

@@ -1,6 +1,9 @@
 """WordPiece tokenization against the reference, `transformers.BertTokenizerFast`."""
 
 import json
+import random
+import string
+import time
 
 import numpy
 import pytest
@@ -111,6 +114,20 @@ def test_train_vocabulary():
     assert any(piece.startswith("##") for piece in vocab)
     cased = WordPieces.train(alice_paragraphs(), vocab_size=300, lowercase=False)
     assert "Alice" in cased.vocab_list() and not cased.lowercase
+
+
+def test_training_leaves_out_words_over_the_length_limit():
+    """Training time grows with the square of a word's length: a 1 MB word took many minutes.
+    Words over MAX_CHARS_PER_WORD (which encode as [UNK]) are left out; the short words that BERT's
+    pre-tokenization splits off a long run of characters stay in."""
+    rng = random.Random(0)
+    long_word = "".join(rng.choice(string.ascii_lowercase) for _ in range(1_000_000))
+    started = time.perf_counter()
+    pieces = WordPieces.train([*alice_paragraphs(), long_word, "plugh-" * 200], vocab_size=300)
+    assert time.perf_counter() - started < 20
+    assert "plugh" in pieces.vocab_list()
+    [(ids, _)] = pieces.encode_words([[long_word]])
+    assert ids.tolist() == [pieces.unk_id]
 
 
 def test_to_disk_is_read_by_hf(tmp_path):
