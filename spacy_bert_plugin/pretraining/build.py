@@ -110,7 +110,7 @@ def build_trainer(
         settings.logger if active else None,
         nlp,
         component.name,
-        [f"eval_{name}_accuracy" for name in settings.objectives],
+        [key for objective in settings.objectives.values() for key in objective.score_keys],
         settings.max_steps,
         settings.eval_every,
     )

@@ -38,6 +38,11 @@ class Objective(nn.Module):
     masks_input: bool = False  # at most one objective may mask the pieces
     heads: Tuple[str, ...] = ()  # the BertForPretraining heads it trains
 
+    @property
+    def score_keys(self) -> Tuple[str, ...]:
+        """The held-out metrics a logger shows as scores."""
+        return (f"eval_{self.name}_accuracy",)
+
     def __init__(self, weight: float = 1.0):
         super().__init__()
         if weight < 0:

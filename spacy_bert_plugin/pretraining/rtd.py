@@ -61,6 +61,7 @@ class Generator(nn.Module):
 class ReplacedTokenDetection(Objective):
     name = "rtd"
     masks_input = True
+    score_keys = ("eval_rtd_accuracy", "eval_rtd_replaced_recall", "eval_generator_mlm_accuracy")
 
     def __init__(
         self,
