@@ -570,7 +570,7 @@ class _Progress:
         )
 
 
-# loop.py reads the corpus with these until it calls prepare_corpora; delete them then.
+# build.py reads the corpus with these until it calls prepare_corpora; delete them then.
 
 
 def read_docs(
