@@ -1,6 +1,10 @@
 """Helpers for the pretraining tests: synthetic and real corpora, a tiny pretraining config."""
 
 import json
+import re
+import subprocess
+import sys
+import time
 from itertools import islice
 from pathlib import Path
 from typing import List, Optional
@@ -93,3 +97,101 @@ def tiny_config(raw_text: Path, cache: Path, **overrides):
         **overrides,
     }
     return util.load_config(PRETRAIN_CFG, overrides=values, interpolate=False)
+
+
+# Command-line runs (`python -m spacy bert-pretrain` in a subprocess) and their output.
+
+
+def cli(*args, **kwargs) -> subprocess.Popen:
+    """`python -m spacy bert-pretrain ARGS`, stdout and stderr together."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "spacy", "bert-pretrain", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
+
+
+def cli_overrides(raw_text: Path, cache: Path, **extra) -> List[str]:
+    """TINY_OVERRIDES and `extra` as command-line options."""
+    values = {**TINY_OVERRIDES, "paths.raw_text": raw_text, "bert_pretraining.cache_dir": cache, **extra}
+    return [part for key, value in values.items() for part in (f"--{key}", str(value))]
+
+
+def read_log(output_dir: Path) -> List[dict]:
+    return [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()]
+
+
+def training_rows(output_dir: Path) -> List[dict]:
+    return [row for row in read_log(output_dir) if "loss" in row]
+
+
+def wait_for_log(out: Path, process: subprocess.Popen, timeout: float = 120) -> bool:
+    """Wait for a new line in out/log.jsonl: True while the run goes on, False if it ended."""
+    path = out / "log.jsonl"
+    deadline = time.monotonic() + timeout
+    start_size = path.stat().st_size if path.exists() else 0
+    while time.monotonic() < deadline:
+        if path.exists() and path.stat().st_size > start_size:
+            return True
+        if process.poll() is not None:
+            return False
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError(f"pretraining wrote no log line in {timeout} s")
+
+
+def failure_message(output: str) -> str:
+    """The text of the CLI's `✘` message, its lines as wasabi wrapped them joined again."""
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", output)
+    assert "✘" in plain, f"no failure message in:\n{output}"
+    block = plain[plain.index("✘") + 1 :].split("\n\n")[0]
+    return " ".join(block.split())
+
+
+# A custom objective for `--code`: its own module trains with the encoder, and it reports
+# torch's intra-op thread count as a metric, so the log shows what the run used.
+PROBE_CODE = """
+import torch
+from spacy.util import registry
+from torch import nn
+
+from spacy_bert_plugin.pretraining.objectives import Objective
+
+
+class Probe(Objective):
+    name = "probe"
+
+    def __init__(self, weight: float, width: int):
+        super().__init__(weight)
+        self.width = width
+        self.project = None
+
+    def setup(self, model, pieces):
+        self.project = nn.Linear(model.config.hidden_width, self.width)
+
+    def loss(self, model, hidden, batch, tensors):
+        loss = self.project(hidden[:, 0]).pow(2).mean()
+        threads = torch.tensor(float(torch.get_num_threads()))
+        return self.weight * loss, {"probe_loss": loss.detach(), "probe_threads": threads}
+
+
+@registry.bert_objectives("test.Probe.v1")
+def make_probe(weight: float = 0.1, width: int = 4):
+    return Probe(weight, width)
+"""
+
+PROBE_SECTION = '[bert_pretraining.objectives.probe]\n@bert_objectives = "test.Probe.v1"\n'
+
+
+def write_probe_code(folder: Path) -> Path:
+    path = folder / "probe_objective.py"
+    path.write_text(PROBE_CODE, encoding="utf8")
+    return path
+
+
+def config_with(path: Path, *sections: str) -> Path:
+    """configs/pretrain.cfg with `sections` (config text) added at the end, written to `path`."""
+    path.write_text(PRETRAIN_CFG.read_text(encoding="utf8") + "\n" + "\n".join(sections), encoding="utf8")
+    return path
