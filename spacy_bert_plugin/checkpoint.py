@@ -7,20 +7,22 @@ A folder holds `config.json`, `model.safetensors` (or `pytorch_model.bin`), `voc
 
 import json
 import os
+import re
 import shutil
 import uuid
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
-from torch import Tensor
+from torch import Tensor, nn
 
 from .bert.config import BertConfig
 from .bert.encoder import BertEncoder
 from .bert.heads import BertForPretraining
-from .bert.hf import from_hf_state, to_hf_state
+from .bert.hf import from_hf_state, key_pairs, to_hf_state
 from .pieces import WordPieces
 
 CONFIG_FILE = "config.json"
@@ -32,22 +34,105 @@ class CheckpointError(ValueError):
     """A checkpoint folder that cannot be used; the message names the file and the problem."""
 
 
+# model_type values of models that are not BERT, named as their authors write them.
+OTHER_MODELS = {
+    "albert": "an ALBERT",
+    "bart": "a BART",
+    "camembert": "a CamemBERT",
+    "deberta": "a DeBERTa",
+    "deberta-v2": "a DeBERTa-v2",
+    "distilbert": "a DistilBERT",
+    "electra": "an ELECTRA",
+    "gpt2": "a GPT-2",
+    "longformer": "a Longformer",
+    "megatron-bert": "a Megatron-BERT",
+    "mobilebert": "a MobileBERT",
+    "modernbert": "a ModernBERT",
+    "mpnet": "an MPNet",
+    "roberta": "a RoBERTa",
+    "t5": "a T5",
+    "xlm-roberta": "an XLM-RoBERTa",
+    "xlnet": "an XLNet",
+}
+# Unused keys that are no weights of ours: the position ids older transformers saved as a
+# buffer, and the MLM decoder, which is a copy of the word embeddings (and its bias).
+IGNORED_HF_KEYS = {
+    "bert.embeddings.position_ids",
+    "cls.predictions.decoder.weight",
+    "cls.predictions.decoder.bias",
+}
+HF_LAYER_KEY = re.compile(r"(?:bert\.)?encoder\.layer\.(\d+)\.")
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint folder, read and checked: its config, vocabulary and weights in our keys."""
+
+    folder: Path
+    config: BertConfig
+    pieces: WordPieces
+    weights_path: Path
+    state: Dict[str, Tensor]  # `BertForPretraining` keys; heads (and pooler) only when the folder has them
+
+    @property
+    def has_heads(self) -> bool:
+        """Whether the folder holds both pretraining heads (a BertForPreTraining checkpoint)."""
+        return all(key in self.state for key, _ in key_pairs(0) if not key.startswith("encoder."))
+
+    def encoder(self) -> BertEncoder:
+        """The encoder alone (a random pooler if the folder has none)."""
+        encoder = BertEncoder(self.config)
+        prefix = "encoder."
+        self._load_into(encoder, {k[len(prefix) :]: v for k, v in self.state.items() if k.startswith(prefix)})
+        return encoder
+
+    def pretraining_model(self) -> BertForPretraining:
+        """The encoder with its pretraining heads (random where the folder has none)."""
+        model = BertForPretraining(self.config)
+        self._load_into(model, self.state)
+        return model
+
+    def _load_into(self, module: nn.Module, state: Dict[str, Tensor]) -> None:
+        expected = module.state_dict()
+        for key, value in state.items():
+            if value.shape != expected[key].shape:
+                raise CheckpointError(
+                    f"{self.weights_path}: {key} has shape {tuple(value.shape)} but "
+                    f"{self.folder / CONFIG_FILE} implies {tuple(expected[key].shape)}"
+                )
+        module.load_state_dict(state, strict=False)
+
+
+def load_encoder(
+    folder: Union[str, Path], *, dropout: Optional[float] = None, attention_dropout: Optional[float] = None
+) -> Tuple[BertEncoder, WordPieces]:
+    """Read a checkpoint folder into an encoder (no pretraining heads) and its WordPiece
+    vocabulary, everything checked before use. `dropout` and `attention_dropout`, when given,
+    replace the rates in its config.json: they belong to the training that follows, not to the weights."""
+    checkpoint = read_checkpoint(folder, dropout=dropout, attention_dropout=attention_dropout)
+    return checkpoint.encoder(), checkpoint.pieces
+
+
 def load_checkpoint(
     folder: Union[str, Path], *, dropout: Optional[float] = None, attention_dropout: Optional[float] = None
 ) -> Tuple[BertForPretraining, WordPieces]:
-    """Read a checkpoint folder into our model (pretraining heads stay randomly initialized when
-    the folder has none) and its WordPiece vocabulary. Everything is checked before use.
-    `dropout` and `attention_dropout`, when given, replace the rates in its config.json: they
-    belong to the training that follows, not to the weights."""
+    """As `load_encoder`, with the pretraining heads (randomly initialized where the folder has none)."""
+    checkpoint = read_checkpoint(folder, dropout=dropout, attention_dropout=attention_dropout)
+    return checkpoint.pretraining_model(), checkpoint.pieces
+
+
+def read_checkpoint(
+    folder: Union[str, Path], *, dropout: Optional[float] = None, attention_dropout: Optional[float] = None
+) -> Checkpoint:
+    """Read and check a checkpoint folder: config.json (a BERT one), the vocabulary, and weights
+    that fit the config exactly (no encoder weight missing, none left over)."""
     folder = Path(folder)
     recover_interrupted_save(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist (or is not a folder)")
     config = read_config(folder / CONFIG_FILE)
-    if dropout is not None:
-        config.dropout = dropout
-    if attention_dropout is not None:
-        config.attention_dropout = attention_dropout
+    rates = {"dropout": dropout, "attention_dropout": attention_dropout}
+    config = replace(config, **{name: rate for name, rate in rates.items() if rate is not None})
     try:
         pieces = WordPieces.from_disk(folder)
     except (FileNotFoundError, ValueError) as err:
@@ -58,9 +143,13 @@ def load_checkpoint(
             f"vocab_size={config.vocab_size}: the vocabulary does not belong to these weights"
         )
     weights_path, hf_state = read_weights(folder)
-    model = BertForPretraining(config)
-    state, missing = from_hf_state(hf_state, config.num_layers)
-    expected = model.state_dict()
+    layers = {int(match.group(1)) for match in map(HF_LAYER_KEY.match, hf_state) if match}
+    if layers and max(layers) + 1 != config.num_layers:
+        raise CheckpointError(
+            f"{folder / CONFIG_FILE} says {config.num_layers} layers (num_hidden_layers) but {weights_path} "
+            f"holds {max(layers) + 1}: set num_hidden_layers to {max(layers) + 1} there"
+        )
+    state, missing, unused = from_hf_state(hf_state, config.num_layers)
     # The pooler only feeds next-sentence prediction, and BertForMaskedLM checkpoints lack it.
     missing_encoder = [
         key for key in missing if key.startswith("bert.") and not key.startswith("bert.pooler.")
@@ -68,16 +157,17 @@ def load_checkpoint(
     if missing_encoder:
         raise CheckpointError(
             f"{weights_path} lacks {len(missing_encoder)} encoder weights, e.g. {missing_encoder[:3]}; "
-            f"is it a BERT checkpoint with {config.num_layers} layers as {CONFIG_FILE} says?"
+            f"is it a BERT checkpoint of the sizes {folder / CONFIG_FILE} gives?"
         )
-    for key, value in state.items():
-        if value.shape != expected[key].shape:
-            raise CheckpointError(
-                f"{weights_path}: {key} has shape {tuple(value.shape)} but {folder / CONFIG_FILE} "
-                f"implies {tuple(expected[key].shape)}"
-            )
-    model.load_state_dict(state, strict=False)
-    return model, pieces
+    # Keys outside `bert.` belong to heads on top of the encoder: ours are read, the task heads
+    # of fine-tuned models (BertForTokenClassification's classifier, ...) are no part of it.
+    unused_encoder = [key for key in unused if key.startswith("bert.") and key not in IGNORED_HF_KEYS]
+    if unused_encoder:
+        raise CheckpointError(
+            f"{weights_path} holds {len(unused_encoder)} encoder weights that {folder / CONFIG_FILE} has "
+            f"no place for, e.g. {unused_encoder[:3]}; is it a BERT checkpoint?"
+        )
+    return Checkpoint(folder, config, pieces, weights_path, state)
 
 
 def read_config(path: Path) -> BertConfig:
@@ -89,12 +179,30 @@ def read_config(path: Path) -> BertConfig:
         raise CheckpointError(f"{path} is not valid JSON ({err}); the file may be truncated") from err
     if not isinstance(hf_config, dict):
         raise CheckpointError(f"{path} should hold a JSON object, not a {type(hf_config).__name__}")
+    what = _other_model(hf_config)
+    if what is not None:
+        raise CheckpointError(
+            f'{path}: this is {what} checkpoint; bert_encoder reads BERT (model_type "bert"): use a '
+            "BERT checkpoint, or spacy-transformers' transformer component for this one"
+        )
     try:
         return BertConfig.from_hf(hf_config)
     except KeyError as err:
         raise CheckpointError(f"{path} lacks the key {err}, needed to build the model") from err
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: {err}") from err
+
+
+def _other_model(hf_config: Dict) -> Optional[str]:
+    """What the config.json describes if not BERT (e.g. "a RoBERTa"), else None. Google's
+    original BERT configs name neither a model_type nor architectures."""
+    model_type = hf_config.get("model_type", "bert")
+    if model_type != "bert":
+        return OTHER_MODELS.get(model_type, f"a model_type {model_type!r}")
+    other = [name for name in hf_config.get("architectures") or [] if not name.startswith("Bert")]
+    if not other:
+        return None
+    return f"{'an' if other[0][0] in 'AEIOU' else 'a'} {other[0]}"
 
 
 def read_weights(folder: Path) -> Tuple[Path, Dict[str, Tensor]]:

@@ -20,8 +20,8 @@ from thinc.api import Model, Optimizer
 from thinc.types import Floats2d
 
 from . import __version__
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .layers import dropout_rates, get_encoder, new_random_encoder, set_encoder
+from .checkpoint import CheckpointError, load_encoder, save_checkpoint
+from .layers import EncoderConfigError, dropout_rates, get_encoder, new_random_encoder, set_encoder
 from .pieces import WordPieces
 
 DEFAULT_BERT_MODEL = """
@@ -45,6 +45,8 @@ DEFAULT_MODEL_CONFIG = util.load_config_from_str(DEFAULT_BERT_MODEL)["model"]
 
 # Docs read from the training data to learn a WordPiece vocabulary when no checkpoint is given.
 MAX_VOCAB_TRAINING_DOCS = 100_000
+# The 5 special pieces and a basic alphabet (letters, digits, punctuation, their ## forms).
+MIN_VOCAB_SIZE = 100
 
 
 @Language.factory(
@@ -93,6 +95,11 @@ class BertEncoderComponent(Tok2Vec):
         lowercase: bool = True,
         frozen: bool = False,
     ) -> None:
+        if vocab_size < MIN_VOCAB_SIZE:
+            raise EncoderConfigError(
+                f"[components.{name}] vocab_size = {vocab_size} is too small: the 5 special pieces and a "
+                f"basic alphabet need at least {MIN_VOCAB_SIZE} (the configs use 8000)"
+            )
         super().__init__(vocab, model, name)
         self.cfg = {
             "checkpoint": None if checkpoint is None else str(checkpoint),
@@ -113,12 +120,19 @@ class BertEncoderComponent(Tok2Vec):
         vocabulary from the examples' texts and start from random weights."""
         checkpoint = checkpoint if checkpoint is not None else self.cfg["checkpoint"]
         if checkpoint is not None:
-            pretrained, pieces = load_checkpoint(checkpoint, **dropout_rates(self.model))
-            encoder = pretrained.encoder
+            encoder, pieces = load_encoder(checkpoint, **dropout_rates(self.model))
         else:
             validate_get_examples(get_examples, "BertEncoderComponent.initialize")
             texts = (eg.reference.text for eg in islice(get_examples(), MAX_VOCAB_TRAINING_DOCS))
             pieces = WordPieces.train(texts, self.cfg["vocab_size"], lowercase=self.cfg["lowercase"])
+            # nlp.initialize() without examples passes spaCy's placeholder doc "x y z": 8 pieces.
+            if pieces.vocab_size < MIN_VOCAB_SIZE:
+                raise EncoderConfigError(
+                    f"{self.name} has no checkpoint, and its training texts give only {pieces.vocab_size} "
+                    f"WordPiece pieces (at least {MIN_VOCAB_SIZE} needed): give a checkpoint "
+                    f"([initialize.components.{self.name}] checkpoint, e.g. [paths] init_bert) or "
+                    "training examples (nlp.initialize(get_examples), as spacy train does)"
+                )
             encoder = new_random_encoder(self.model, pieces)
         self._check_listener_widths(encoder.config.hidden_width, checkpoint)
         set_encoder(self.model, encoder, pieces)
@@ -127,7 +141,7 @@ class BertEncoderComponent(Tok2Vec):
         for listener in self.listeners:
             if listener.has_dim("nO") and listener.get_dim("nO") != width:
                 source = f"the checkpoint {checkpoint}" if checkpoint else "the model config"
-                raise ValueError(
+                raise EncoderConfigError(
                     f"{source} gives {self.name} a width of {width}, but a listener expects "
                     f"{listener.get_dim('nO')}: set the listeners' `width` (and "
                     f"[components.{self.name}.model] hidden_width) to {width}"
@@ -204,8 +218,7 @@ class BertEncoderComponent(Tok2Vec):
         self.cfg["plugin_version"] = __version__
 
     def _load_model(self, path: Path) -> None:
-        pretrained, pieces = load_checkpoint(path, **dropout_rates(self.model))
-        set_encoder(self.model, pretrained.encoder, pieces)
+        set_encoder(self.model, *load_encoder(path, **dropout_rates(self.model)))
 
 
 def _read_tree(root: Path) -> Dict[str, bytes]:

@@ -149,11 +149,12 @@ def test_hf_state_round_trip(hf_checkpoint):
     reference = transformers.BertForPreTraining.from_pretrained(hf_checkpoint)
     hf_state = reference.state_dict()
     num_layers = reference.config.num_hidden_layers
-    ours, missing = from_hf_state(hf_state, num_layers)
+    ours, missing, unused = from_hf_state(hf_state, num_layers)
     assert missing == []
-    back = to_hf_state(ours, num_layers)
     # Every HF parameter except the decoder tied to the word embeddings (and its tied bias).
     tied = {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
+    assert set(unused) == tied & set(hf_state)
+    back = to_hf_state(ours, num_layers)
     parameter_keys = {name for name, _ in reference.named_parameters(remove_duplicate=False)} - tied
     assert set(back) == parameter_keys
     for key in parameter_keys:
@@ -168,8 +169,8 @@ def test_hf_state_accepts_bert_model_and_legacy_layer_norm_names(hf_checkpoint):
         for key, value in model.state_dict().items()
     }
     assert any(key.endswith("gamma") for key in state)
-    ours, missing = from_hf_state(state, model.config.num_hidden_layers)
-    assert all(key.startswith("cls.") for key in missing)
+    ours, missing, unused = from_hf_state(state, model.config.num_hidden_layers)
+    assert all(key.startswith("cls.") for key in missing) and unused == []
     assert torch.equal(
         ours["encoder.embeddings.norm.weight"], model.state_dict()["embeddings.LayerNorm.weight"]
     )

@@ -8,7 +8,7 @@ from spacy.training import Example
 from tiny_bert import alice_paragraphs, bert_nlp
 
 from spacy_bert_plugin.checkpoint import read_weights
-from spacy_bert_plugin.layers import bert_encoder, get_encoder
+from spacy_bert_plugin.layers import EncoderConfigError, bert_encoder, get_encoder
 
 transformers = pytest.importorskip("transformers")
 
@@ -104,3 +104,30 @@ def test_int8_pipeline_saves_float32_weights_and_round_trips(nlp, int8_nlp, hf_c
     )
     restored.from_bytes(int8_nlp.to_bytes())
     numpy.testing.assert_array_equal(word_vectors(restored, texts), word_vectors(nlp, texts))
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"num_heads": 3}, "num_heads = 3 does not divide hidden_width = 256; each head gets an equal share"),
+        ({"num_heads": 0}, "num_heads = 0 must be at least 1"),
+        ({"hidden_width": 0}, "hidden_width = 0 must be at least 1"),
+        ({"num_layers": 0}, "num_layers = 0 must be at least 1"),
+        ({"window": 0}, "window = 0 leaves no room for pieces: set at least 1, or null"),
+        ({"max_batch_pieces": 0}, "max_batch_pieces = 0 must be at least 1"),
+        ({"max_positions": 2}, "max_positions = 2 leaves no room for a piece between [CLS] and [SEP]"),
+        ({"dropout": 1.0}, "dropout = 1.0 must be at least 0 and below 1"),
+        ({"pooling": "max"}, "pooling must be one of ('mean', 'first', 'last'), not 'max'"),
+    ],
+)
+def test_unworkable_settings_are_refused_at_construction(settings, message):
+    model = {"@architectures": "spacy_bert_plugin.BertEncoder.v1", **settings}
+    with pytest.raises(EncoderConfigError) as info:
+        spacy.blank("en").add_pipe("bert_encoder", config={"model": model})
+    assert str(info.value).startswith(f"[components.bert_encoder.model] {message}")
+    assert "\n" not in str(info.value)
+
+
+def test_num_heads_error_suggests_a_divisor():
+    with pytest.raises(EncoderConfigError, match=r"use a divisor such as 4$"):
+        bert_encoder.BertEncoder(hidden_width=256, num_heads=3)

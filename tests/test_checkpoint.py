@@ -8,11 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
+from spacy_bert_plugin.bert.encoder import BertEncoder
 from spacy_bert_plugin.bert.heads import BertForPretraining
 from spacy_bert_plugin.checkpoint import (
     CheckpointError,
     load_checkpoint,
+    load_encoder,
     recover_interrupted_save,
     save_checkpoint,
 )
@@ -78,7 +81,7 @@ def test_missing_config(folder):
         ("[1, 2]", "JSON object"),
         ('{"hidden_size": 32}', "lacks the key 'vocab_size'"),
         ("invalid-size", "invalid literal"),
-        ("bad-heads", "multiple of num_heads"),
+        ("bad-heads", "num_attention_heads = 5 does not divide hidden_size = 32"),
         ("bad-activation", "hidden_act"),
     ],
 )
@@ -247,3 +250,89 @@ def test_recover_interrupted_save(hf_checkpoint, tmp_path):
     (target / "new").write_text("new")
     recover_interrupted_save(target)
     assert (target / "new").exists()
+
+
+def test_load_encoder_reads_no_heads(hf_checkpoint):
+    encoder, pieces = load_encoder(hf_checkpoint, dropout=0.3, attention_dropout=0.2)
+    assert isinstance(encoder, BertEncoder) and not hasattr(encoder, "mlm_head")
+    assert (encoder.config.dropout, encoder.config.attention_dropout) == (0.3, 0.2)
+    model, same_pieces = load_checkpoint(hf_checkpoint)
+    assert same_pieces.vocab_list() == pieces.vocab_list()
+    assert model.config.dropout == 0.1  # the rates replace the folder's only where given
+    expected = model.encoder.state_dict()
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+
+
+def tiny_other_model(name: str):
+    """A random model of another family, the sizes of the tiny BERT."""
+    sizes = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    if name == "roberta":
+        return transformers.RobertaModel(
+            transformers.RobertaConfig(vocab_size=420, max_position_embeddings=66, **sizes)
+        )
+    if name == "distilbert":
+        config = transformers.DistilBertConfig(vocab_size=420, dim=32, n_layers=2, n_heads=4, hidden_dim=64)
+        return transformers.DistilBertModel(config)
+    return transformers.AlbertModel(transformers.AlbertConfig(vocab_size=420, embedding_size=16, **sizes))
+
+
+@pytest.mark.parametrize(
+    "name, what", [("roberta", "a RoBERTa"), ("distilbert", "a DistilBERT"), ("albert", "an ALBERT")]
+)
+def test_other_model_families_are_refused_by_name(hf_checkpoint, tmp_path, name, what):
+    """Folders that transformers wrote for other models, with a BERT vocabulary beside them."""
+    tiny_other_model(name).save_pretrained(tmp_path)
+    shutil.copy(hf_checkpoint / "vocab.txt", tmp_path / "vocab.txt")
+    message = load_error(tmp_path)
+    assert f"{tmp_path / 'config.json'}: this is {what} checkpoint; bert_encoder reads BERT" in message
+    assert "\n" not in message
+    with pytest.raises(CheckpointError, match=f"this is {what} checkpoint"):
+        load_encoder(tmp_path)
+
+
+def test_architectures_name_the_model_when_model_type_is_absent(folder):
+    config = json.loads((folder / "config.json").read_text())
+    del config["model_type"]
+    (folder / "config.json").write_text(json.dumps({**config, "architectures": ["ElectraForPreTraining"]}))
+    assert "this is an ElectraForPreTraining checkpoint; bert_encoder reads BERT" in load_error(folder)
+    # Google's original BERT configs name neither: they load.
+    del config["architectures"]
+    (folder / "config.json").write_text(json.dumps(config))
+    load_checkpoint(folder)
+
+
+def test_more_layers_in_weights_than_config(folder):
+    """Layer 1 would be left out without a word: refused, with both counts."""
+    edit_config(folder, num_hidden_layers=1)
+    message = load_error(folder)
+    assert f"{folder / 'config.json'} says 1 layers (num_hidden_layers) but" in message
+    assert f"{folder / 'model.safetensors'} holds 2: set num_hidden_layers to 2" in message
+
+
+def test_unused_encoder_weights_are_named(folder):
+    path = folder / "model.safetensors"
+    state = load_file(path)
+    state["bert.embeddings.extra_embeddings.weight"] = torch.zeros(3, 32)
+    save_file(state, path)
+    message = load_error(folder)
+    assert str(path) in message and "'bert.embeddings.extra_embeddings.weight'" in message
+    assert "no place for" in message
+
+
+def test_buffers_and_task_heads_are_not_read(hf_checkpoint, tmp_path):
+    """A fine-tuned BertForTokenClassification loads as its encoder; the position ids older
+    transformers saved are no weights either."""
+    target = tmp_path / "ner"
+    transformers.BertForTokenClassification.from_pretrained(hf_checkpoint, num_labels=5).save_pretrained(
+        target
+    )
+    for file in ("vocab.txt", "tokenizer_config.json"):
+        shutil.copy(hf_checkpoint / file, target / file)
+    state = load_file(target / "model.safetensors")
+    assert "classifier.weight" in state
+    state["bert.embeddings.position_ids"] = torch.arange(64)[None]
+    save_file(state, target / "model.safetensors")
+    encoder, _ = load_encoder(target)
+    reference = transformers.BertModel.from_pretrained(hf_checkpoint)
+    assert torch.equal(encoder.embeddings.word.weight, reference.embeddings.word_embeddings.weight)

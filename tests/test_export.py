@@ -10,7 +10,14 @@ import torch
 from safetensors.torch import load_file
 from tiny_bert import alice_paragraphs, run_python
 
-from spacy_bert_plugin.cli.export import bert_export_hf_cli
+from spacy_bert_plugin.checkpoint import CheckpointError
+from spacy_bert_plugin.cli.export import bert_export_hf_cli, export_hf
+
+
+def export(source: Path, output_dir: Path, component=None, code=None) -> None:
+    """The CLI function as typer calls it (all options given)."""
+    bert_export_hf_cli(source, output_dir, component, code)
+
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("spacy_transformers")
@@ -33,7 +40,12 @@ def exported_pipeline(nlp, tmp_path_factory) -> Path:
     """The session pipeline saved, then exported with the CLI in a subprocess."""
     root = tmp_path_factory.mktemp("export")
     nlp.to_disk(root / "pipeline")
-    run_python("-m", "spacy", "bert-export-hf", str(root / "pipeline"), str(root / "hf"))
+    # --code imports a file first, as in spacy train (here one that leaves a mark).
+    (root / "code.py").write_text(f"open({str(root / 'imported')!r}, 'w').close()\n")
+    run_python(
+        "-m", "spacy", "bert-export-hf", str(root / "pipeline"), str(root / "hf"), "--code", str(root / "code.py")
+    )  # fmt: skip
+    assert (root / "imported").exists()
     return root / "hf"
 
 
@@ -54,7 +66,7 @@ def test_export_pipeline_has_no_random_heads(exported_pipeline):
 
 
 def test_export_checkpoint_keeps_heads(hf_checkpoint, tmp_path):
-    bert_export_hf_cli(hf_checkpoint, tmp_path / "hf", None)
+    export(hf_checkpoint, tmp_path / "hf")
     original = transformers.BertForPreTraining.from_pretrained(hf_checkpoint).eval()
     exported = transformers.BertForPreTraining.from_pretrained(tmp_path / "hf").eval()
     tokenizer = transformers.BertTokenizerFast.from_pretrained(tmp_path / "hf")
@@ -67,7 +79,7 @@ def test_export_checkpoint_keeps_heads(hf_checkpoint, tmp_path):
 
 
 def test_export_cased_checkpoint_keeps_case(hf_checkpoint_cased, tmp_path):
-    bert_export_hf_cli(hf_checkpoint_cased, tmp_path / "hf", None)
+    export(hf_checkpoint_cased, tmp_path / "hf")
     tokenizer = transformers.BertTokenizerFast.from_pretrained(tmp_path / "hf")
     assert tokenizer.tokenize("Alice") == ["Alice"]
 
@@ -76,10 +88,10 @@ def test_export_errors(tmp_path):
     blank = spacy.blank("en")
     blank.to_disk(tmp_path / "no_bert")
     with pytest.raises(SystemExit) as info:
-        bert_export_hf_cli(tmp_path / "no_bert", tmp_path / "out", None)
+        export(tmp_path / "no_bert", tmp_path / "out")
     assert info.value.code == 1
     with pytest.raises(SystemExit):
-        bert_export_hf_cli(tmp_path, tmp_path / "out", None)  # no config.json either
+        export(tmp_path, tmp_path / "out")  # no config.json either
     assert not (tmp_path / "out").exists()
 
 
@@ -90,8 +102,8 @@ def test_export_names_the_component(hf_checkpoint, hf_checkpoint_bin, tmp_path):
     nlp.initialize()
     nlp.to_disk(tmp_path / "pipeline")
     with pytest.raises(SystemExit):  # two candidates
-        bert_export_hf_cli(tmp_path / "pipeline", tmp_path / "out", None)
-    bert_export_hf_cli(tmp_path / "pipeline", tmp_path / "out", "bert_b")
+        export(tmp_path / "pipeline", tmp_path / "out")
+    export(tmp_path / "pipeline", tmp_path / "out", "bert_b")
     exported = transformers.BertModel.from_pretrained(tmp_path / "out")
     original = transformers.BertModel.from_pretrained(hf_checkpoint_bin)
     assert torch.equal(exported.embeddings.word_embeddings.weight, original.embeddings.word_embeddings.weight)
@@ -101,10 +113,10 @@ def test_export_never_replaces_a_folder_with_content(hf_checkpoint, tmp_path):
     """The export swaps OUTPUT_DIR as a whole: an existing, non-empty folder is refused."""
     (tmp_path / "notes.txt").write_text("keep me")
     with pytest.raises(SystemExit):
-        bert_export_hf_cli(hf_checkpoint, tmp_path, None)
+        export(hf_checkpoint, tmp_path)
     assert (tmp_path / "notes.txt").read_text() == "keep me"
     (tmp_path / "empty").mkdir()
-    bert_export_hf_cli(hf_checkpoint, tmp_path / "empty", None)
+    export(hf_checkpoint, tmp_path / "empty")
     assert (tmp_path / "empty" / "model.safetensors").exists()
 
 
@@ -141,3 +153,39 @@ def test_spacy_transformers_loads_export(nlp, exported_pipeline):
     assert tokenizer.model_max_length == 64
     long_doc = trf_nlp(" ".join(alice_paragraphs()))
     assert long_doc._.trf_data.model_output.last_hidden_state.shape[1] <= 64
+
+
+def test_export_names_what_the_component_is(nlp, tmp_path):
+    pipeline = spacy.blank("en")
+    pipeline.add_pipe("bert_encoder", name="bert", source=nlp)
+    pipeline.add_pipe("sentencizer", name="sents")
+    pipeline.to_disk(tmp_path / "pipeline")
+    config = tmp_path / "pipeline" / "config.cfg"
+    with pytest.raises(SystemExit):
+        export(tmp_path / "pipeline", tmp_path / "out", "sents")
+    with pytest.raises(CheckpointError) as info:
+        export_hf(tmp_path / "pipeline", tmp_path / "out", component="sents")
+    assert str(info.value) == (
+        f"{config}: 'sents' is not a bert_encoder (its factory is 'sentencizer'); "
+        "its bert_encoder components: bert"
+    )
+    with pytest.raises(CheckpointError) as info:
+        export_hf(tmp_path / "pipeline", tmp_path / "out", component="ner")
+    assert (
+        str(info.value) == f"{config}: the pipeline has no component 'ner'; its bert_encoder components: bert"
+    )
+    export(tmp_path / "pipeline", tmp_path / "out", "bert")
+    assert (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_export_reads_the_weights_once(hf_checkpoint_bin, tmp_path, monkeypatch):
+    loads = []
+    real_load = torch.load
+
+    def counting_load(*args, **kwargs):
+        loads.append(args[0])
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    export(hf_checkpoint_bin, tmp_path / "hf")
+    assert loads == [hf_checkpoint_bin / "pytorch_model.bin"]

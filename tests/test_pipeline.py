@@ -3,7 +3,10 @@
 import json
 import os
 import shutil
+import signal
 import stat
+import subprocess
+import sys
 import tarfile
 
 import numpy
@@ -12,9 +15,10 @@ import spacy
 from spacy.tokens import Doc
 from spacy.training import Example
 from thinc.api import ConfigValidationError
-from tiny_bert import alice_paragraphs, bert_nlp, run_python
+from tiny_bert import REPO_ROOT, alice_paragraphs, bert_nlp, run_python
 
 from spacy_bert_plugin.checkpoint import CheckpointError
+from spacy_bert_plugin.layers import EncoderConfigError, get_encoder
 
 transformers = pytest.importorskip("transformers")
 
@@ -131,7 +135,7 @@ def test_random_init_learns_vocabulary_from_examples():
     component = nlp.get_pipe("bert_encoder")
     pieces = component.model.attrs["pieces"]
     assert "alice" in pieces.vocab_list() and pieces.vocab_size <= 300
-    encoder = component.model.layers[0].shims[0]._model.encoder
+    encoder = get_encoder(component.model)
     assert encoder.config.vocab_size == pieces.vocab_size
     assert encoder.config.num_layers == 1
     doc = nlp(TEXTS[1])
@@ -300,3 +304,99 @@ def test_wrongly_typed_component_setting_is_named(hf_checkpoint):
             "bert_encoder",
             config={"model": {"@architectures": "spacy_bert_plugin.BertEncoder.v1", "num_layers": "four"}},
         )
+
+
+def alice_examples(nlp):
+    return [Example(nlp.make_doc(text), nlp.make_doc(text)) for text in alice_paragraphs()]
+
+
+def test_initialize_without_checkpoint_or_examples_says_what_to_give():
+    """spaCy's placeholder examples ("x y z") would give an 8-piece vocabulary: every word [UNK]."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("bert_encoder", config={"model": TINY_MODEL})
+    with pytest.raises(EncoderConfigError) as info:
+        nlp.initialize()
+    message = str(info.value)
+    assert "bert_encoder has no checkpoint, and its training texts give only 8 WordPiece pieces" in message
+    assert "give a checkpoint ([initialize.components.bert_encoder] checkpoint" in message
+    assert "or training examples" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("vocab_size", [0, 10, 99])
+def test_too_small_vocab_size_is_refused_at_construction(vocab_size):
+    with pytest.raises(EncoderConfigError) as info:
+        spacy.blank("en").add_pipe("bert_encoder", name="bert", config={"vocab_size": vocab_size})
+    assert str(info.value).startswith(f"[components.bert] vocab_size = {vocab_size} is too small")
+    assert "at least 100" in str(info.value)
+
+
+def test_initialize_leaves_the_configured_settings_alone(hf_checkpoint):
+    """The architecture's BertConfig stays as configured: a checkpoint's sizes or a learnt
+    vocabulary go into the encoder's own config, so initializing again starts from the settings."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("bert_encoder", config={"vocab_size": 300, "model": TINY_MODEL})
+    component = nlp.get_pipe("bert_encoder")
+    configured = component.model.attrs["bert_config"]
+    component.initialize(checkpoint=hf_checkpoint)
+    assert get_encoder(component.model).config.num_layers == 2  # the checkpoint's
+    component.initialize(lambda: alice_examples(nlp))
+    encoder = get_encoder(component.model)
+    assert encoder.config.num_layers == 1 and encoder.config.vocab_size <= 300
+    assert component.model.attrs["bert_config"] is configured
+    assert (configured.num_layers, configured.vocab_size) == (1, 30522)
+
+
+def test_non_bert_checkpoint_is_refused_at_initialize(hf_checkpoint, tmp_path):
+    sizes = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    roberta = transformers.RobertaModel(transformers.RobertaConfig(vocab_size=420, **sizes))
+    roberta.save_pretrained(tmp_path / "roberta")
+    shutil.copy(hf_checkpoint / "vocab.txt", tmp_path / "roberta" / "vocab.txt")
+    nlp = spacy.blank("en")
+    nlp.add_pipe("bert_encoder", config={"checkpoint": str(tmp_path / "roberta")})
+    with pytest.raises(CheckpointError, match="this is a RoBERTa checkpoint; bert_encoder reads BERT"):
+        nlp.initialize()
+
+
+MULTIPROCESS_SCRIPT = """
+import sys, numpy, spacy, torch
+torch.set_num_threads(2)  # a thread pool in the parent, as on any machine with several cores
+nlp = spacy.load(sys.argv[1])
+texts = [" ".join(["Alice was beginning to get very tired of sitting by her sister."] * (i % 4 + 1)) for i in range(12)]
+fresh = [doc.tensor for doc in nlp.pipe(texts, n_process=2, batch_size=2)]  # the load ran torch ops
+single = [doc.tensor for doc in nlp.pipe(texts, batch_size=2)]
+after_use = [doc.tensor for doc in nlp.pipe(texts, n_process=2, batch_size=2)]
+for expected, a, b in zip(single, fresh, after_use):
+    numpy.testing.assert_allclose(a, expected, atol=1e-6, rtol=0)
+    numpy.testing.assert_allclose(b, expected, atol=1e-6, rtol=0)
+print("same vectors")
+"""
+
+
+def test_pipe_with_several_processes(tmp_path):
+    """Forked workers once hung in libgomp's barrier: the parent's torch thread pool, which
+    loading a model or running it starts, does not survive a fork."""
+    nlp = spacy.blank("en")
+    # Wide enough that loading the weights runs torch ops on the thread pool.
+    model = {**TINY_MODEL, "hidden_width": 128, "intermediate_width": 128}
+    nlp.add_pipe("bert_encoder", config={"vocab_size": 1000, "model": model})
+    nlp.initialize(lambda: alice_examples(nlp))
+    nlp.to_disk(tmp_path / "pipeline")
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}
+    # A session of its own, so that a hang can be ended with the workers it forked.
+    process = subprocess.Popen(
+        [sys.executable, "-c", MULTIPROCESS_SCRIPT, str(tmp_path / "pipeline")],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail("nlp.pipe(n_process=2) did not finish in 240 s")
+    assert process.returncode == 0, stderr
+    assert stdout.strip() == "same vectors"

@@ -1,7 +1,7 @@
 """BERT hyperparameters, and their mapping to a Hugging Face `config.json`."""
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 # Our field name -> Hugging Face BertConfig key.
 HF_CONFIG_KEYS = {
@@ -38,10 +38,9 @@ class BertConfig:
     trained_positions: Optional[int] = None
 
     def __post_init__(self) -> None:
-        if self.hidden_width % self.num_heads:
-            raise ValueError(
-                f"hidden_width ({self.hidden_width}) must be a multiple of num_heads ({self.num_heads})"
-            )
+        problem = config_problem(asdict(self))
+        if problem is not None:
+            raise ValueError(problem)
 
     @classmethod
     def from_hf(cls, hf_config: Dict[str, Any]) -> "BertConfig":
@@ -63,6 +62,10 @@ class BertConfig:
                 )
             elif field.name in ("vocab_size", "hidden_width", "num_layers", "num_heads"):
                 raise KeyError(hf_key)
+        defaults = {field.name: field.default for field in fields(cls)}
+        problem = config_problem({**defaults, **values}, HF_CONFIG_KEYS.__getitem__)
+        if problem is not None:  # named by the config.json keys, not ours
+            raise ValueError(problem)
         return cls(**values)
 
     def to_hf(self) -> Dict[str, Any]:
@@ -76,3 +79,38 @@ class BertConfig:
             initializer_range=0.02,
         )
         return hf
+
+
+# Sizes that must be at least 1 for a model to exist.
+POSITIVE_FIELDS = (
+    "vocab_size",
+    "hidden_width",
+    "num_layers",
+    "num_heads",
+    "intermediate_width",
+    "max_positions",
+    "type_vocab_size",
+)
+
+
+def config_problem(values: Mapping[str, Any], key: Callable[[str], str] = str) -> Optional[str]:
+    """What makes these `BertConfig` values unusable, in one sentence naming the setting by
+    `key(field name)`; None when they make a model."""
+    for name in POSITIVE_FIELDS:
+        if values[name] < 1:
+            return f"{key(name)} = {values[name]} must be at least 1"
+    width, heads = values["hidden_width"], values["num_heads"]
+    if width % heads:
+        divisors = [d for d in range(1, width + 1) if width % d == 0]
+        nearest = min(divisors, key=lambda d: (abs(d - heads), -d))
+        return (
+            f"{key('num_heads')} = {heads} does not divide {key('hidden_width')} = {width}; "
+            f"each head gets an equal share of the width: use a divisor such as {nearest}"
+        )
+    for name in ("dropout", "attention_dropout"):
+        if not 0.0 <= values[name] < 1.0:
+            return f"{key(name)} = {values[name]} must be at least 0 and below 1"
+    pad, vocab = values["pad_token_id"], values["vocab_size"]
+    if not 0 <= pad < vocab:
+        return f"{key('pad_token_id')} = {pad} is not a piece id below {key('vocab_size')} = {vocab}"
+    return None

@@ -53,20 +53,23 @@ def key_pairs(num_layers: int) -> Iterator[Tuple[str, Tuple[str, ...]]]:
                 yield ours.format(i=i, p=p), tuple(k.format(i=i, p=p) for k in hf_keys)
 
 
-def from_hf_state(hf_state: Dict[str, Tensor], num_layers: int) -> Tuple[Dict[str, Tensor], List[str]]:
+def from_hf_state(
+    hf_state: Dict[str, Tensor], num_layers: int
+) -> Tuple[Dict[str, Tensor], List[str], List[str]]:
     """Convert an HF state dict (BertModel, or BertForPreTraining with the `bert.` prefix) to our
-    keys. Returns our state dict and the HF keys that were missing."""
+    keys. Returns our state dict, the HF keys that were missing and the HF keys left unused."""
     hf_state = {_modernize(key): value for key, value in hf_state.items()}
     if not any(key.startswith("bert.") for key in hf_state):
         hf_state = {f"bert.{key}": value for key, value in hf_state.items()}
-    ours, missing = {}, []
+    ours, missing, used = {}, [], set()
     for our_key, hf_keys in key_pairs(num_layers):
         absent = [key for key in hf_keys if key not in hf_state]
         if absent:
             missing.extend(absent)
         else:
             ours[our_key] = torch.cat([hf_state[key] for key in hf_keys])
-    return ours, missing
+            used.update(hf_keys)
+    return ours, missing, [key for key in hf_state if key not in used]
 
 
 def to_hf_state(state: Dict[str, Tensor], num_layers: int) -> Dict[str, Tensor]:

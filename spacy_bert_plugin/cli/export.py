@@ -4,11 +4,10 @@ from pathlib import Path
 from typing import Optional
 
 from spacy import util
-from spacy.cli._util import Arg, Opt, app
+from spacy.cli._util import Arg, Opt, app, import_code
 from wasabi import msg
 
-from ..bert.hf import from_hf_state
-from ..checkpoint import CheckpointError, load_checkpoint, read_weights, save_checkpoint
+from ..checkpoint import Checkpoint, CheckpointError, read_checkpoint, save_checkpoint
 
 FACTORY = "bert_encoder"
 
@@ -22,44 +21,62 @@ def bert_export_hf_cli(
     component: Optional[str] = Opt(
         None, "--component", "-c", help="Which bert_encoder, if the pipeline has several"
     ),
+    code_path: Optional[Path] = Opt(
+        None, "--code", help="Python file to import first (registered functions the pipeline needs)"
+    ),
 ) -> None:
     """Export the BERT encoder as a Hugging Face folder (config.json, model.safetensors,
     vocab.txt, tokenizer files) that `transformers.BertModel.from_pretrained` and
     spacy-transformers' `transformer` component load."""
-    # The checkpoint replaces OUTPUT_DIR as a whole, so anything already in it would be deleted.
-    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
-        msg.fail(
-            f"{output_dir} already exists and is not an empty folder; choose a new output folder", exits=1
-        )
+    import_code(code_path)
     try:
-        checkpoint = find_checkpoint(source, component)
-        model, pieces = load_checkpoint(checkpoint)
-        _, source_state = read_weights(checkpoint)
+        checkpoint = export_hf(source, output_dir, component=component)
     except CheckpointError as err:
         msg.fail(str(err), exits=1)
-    # load_checkpoint fills absent pretraining heads with random weights (a pipeline never stores
-    # them): export those only when the source has them, so that nobody mistakes them for trained.
-    _, missing = from_hf_state(source_state, model.config.num_layers)
-    has_heads = not any(key.startswith("cls.") for key in missing)
-    save_checkpoint(output_dir, model if has_heads else model.encoder, pieces)
+    config = checkpoint.config
     msg.good(
-        f"Wrote {output_dir} ({model.config.num_layers} layers x {model.config.hidden_width}, "
-        f"{pieces.vocab_size} pieces)"
+        f"Wrote {output_dir} ({config.num_layers} layers x {config.hidden_width}, "
+        f"{checkpoint.pieces.vocab_size} pieces)"
     )
+
+
+def export_hf(source: Path, output_dir: Path, *, component: Optional[str] = None) -> Checkpoint:
+    """Write the BERT of `source` (a pipeline or checkpoint folder) to `output_dir` in HF format;
+    returns what was read."""
+    # The checkpoint replaces OUTPUT_DIR as a whole, so anything already in it would be deleted.
+    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
+        raise CheckpointError(
+            f"{output_dir} already exists and is not an empty folder; choose a new output folder"
+        )
+    checkpoint = read_checkpoint(find_checkpoint(source, component))
+    # A pipeline never stores pretraining heads: export heads only when the source has them, so
+    # that nobody mistakes random ones for trained.
+    model = checkpoint.pretraining_model() if checkpoint.has_heads else checkpoint.encoder()
+    save_checkpoint(output_dir, model, checkpoint.pieces)
+    return checkpoint
 
 
 def find_checkpoint(source: Path, component: Optional[str] = None) -> Path:
     """The checkpoint folder inside a pipeline folder, or `source` itself if it is one."""
-    if not (source / "config.cfg").exists():
+    config_path = source / "config.cfg"
+    if not config_path.exists():
         return source
-    components = util.load_config(source / "config.cfg", interpolate=False)["components"]
-    names = [name for name, cfg in components.items() if cfg.get("factory") == FACTORY]
-    if component is not None:
-        names = [name for name in names if name == component]
-    if len(names) != 1:
-        found = ", ".join(names) or "none"
+    components = util.load_config(config_path, interpolate=False)["components"]
+    encoders = [name for name, cfg in components.items() if cfg.get("factory") == FACTORY]
+    listed = ", ".join(encoders)
+    if component is not None and component not in encoders:
+        if component not in components:
+            problem = f"the pipeline has no component {component!r}"
+        else:
+            problem = (
+                f"{component!r} is not a {FACTORY} (its factory is {components[component].get('factory')!r})"
+            )
+        found = f"its {FACTORY} components: {listed}" if encoders else f"it has no {FACTORY} component"
+        raise CheckpointError(f"{config_path}: {problem}; {found}")
+    if component is None and len(encoders) != 1:
+        if not encoders:
+            raise CheckpointError(f"{config_path}: the pipeline has no {FACTORY} component to export")
         raise CheckpointError(
-            f"{source / 'config.cfg'}: expected one {FACTORY} component to export, found {found}; "
-            "name one with --component"
+            f"{config_path}: the pipeline has several {FACTORY} components ({listed}); name one with --component"
         )
-    return source / names[0] / "model"
+    return source / (component or encoders[0]) / "model"

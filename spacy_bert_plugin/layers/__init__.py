@@ -1,3 +1,17 @@
-from .bert_encoder import BertEncoder, dropout_rates, get_encoder, new_random_encoder, set_encoder
+from .bert_encoder import (
+    BertEncoder,
+    EncoderConfigError,
+    dropout_rates,
+    get_encoder,
+    new_random_encoder,
+    set_encoder,
+)
 
-__all__ = ["BertEncoder", "dropout_rates", "get_encoder", "new_random_encoder", "set_encoder"]
+__all__ = [
+    "BertEncoder",
+    "EncoderConfigError",
+    "dropout_rates",
+    "get_encoder",
+    "new_random_encoder",
+    "set_encoder",
+]

@@ -7,7 +7,9 @@ saved and exported.
 """
 
 import copy
+import os
 import warnings
+from dataclasses import replace
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -31,6 +33,24 @@ from ..pieces import WordPieces
 from .windows import PieceBatch, docs_to_batch
 
 QUANTIZE_MODES = (None, "int8")
+# Where these settings live in a training config (the section is named after the factory, as
+# in spaCy's own config errors).
+MODEL_SECTION = "[components.bert_encoder.model]"
+
+
+class EncoderConfigError(ValueError):
+    """A bert_encoder that cannot work as configured; the message names the setting and the fix."""
+
+
+def _one_torch_thread_after_fork() -> None:
+    # A forked child (spaCy's nlp.pipe(n_process=...) forks on Linux) inherits libgomp's state
+    # but not its worker threads: its first parallel torch op waits for them forever once the
+    # parent has run one. One thread per worker never enters that pool.
+    torch.set_num_threads(1)
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; elsewhere, multiprocessing spawns fresh interpreters
+    os.register_at_fork(after_in_child=_one_torch_thread_after_fork)
 
 
 def BertEncoder(
@@ -53,36 +73,55 @@ def BertEncoder(
     `autocast` = "bf16" or "fp16" runs the encoder in mixed precision;
     `quantize` = "int8" runs its nn.Linear layers in dynamic int8 (CPU inference only)."""
     if pooling not in POOLING_MODES:
-        raise ValueError(f"pooling must be one of {POOLING_MODES}, not {pooling!r}")
+        raise EncoderConfigError(f"{MODEL_SECTION} pooling must be one of {POOLING_MODES}, not {pooling!r}")
     if quantize not in QUANTIZE_MODES:
-        raise ValueError(f'quantize must be null (None) or "int8", not {quantize!r}')
+        raise EncoderConfigError(f'{MODEL_SECTION} quantize must be null (None) or "int8", not {quantize!r}')
     if quantize is not None and autocast is not None:
         # The int8 Linear kernels take float32 input only; bf16 activations would reach them.
-        raise ValueError(
-            f'quantize = "{quantize}" and autocast = "{autocast}" cannot be combined: set one to null'
+        raise EncoderConfigError(
+            f'{MODEL_SECTION} quantize = "{quantize}" and autocast = "{autocast}" cannot be combined: '
+            "set one to null"
         )
-    config = BertConfig(
-        hidden_width=hidden_width,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        intermediate_width=intermediate_width,
-        max_positions=max_positions,
-        dropout=dropout,
-        attention_dropout=attention_dropout,
-    )
+    if window is not None and window < 1:
+        raise EncoderConfigError(
+            f"{MODEL_SECTION} window = {window} leaves no room for pieces: set at least 1, or null for "
+            "the positions the checkpoint was pretrained on, less 2"
+        )
+    if max_batch_pieces < 1:
+        raise EncoderConfigError(
+            f"{MODEL_SECTION} max_batch_pieces = {max_batch_pieces} must be at least 1 (the most pieces "
+            "encoded in one chunk; the configs use 4096)"
+        )
+    if max_positions < 3:
+        raise EncoderConfigError(
+            f"{MODEL_SECTION} max_positions = {max_positions} leaves no room for a piece between [CLS] "
+            "and [SEP]: set at least 3"
+        )
+    try:
+        config = BertConfig(
+            hidden_width=hidden_width,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            intermediate_width=intermediate_width,
+            max_positions=max_positions,
+            dropout=dropout,
+            attention_dropout=attention_dropout,
+        )
+    except ValueError as err:
+        raise EncoderConfigError(f"{MODEL_SECTION} {err}") from err
     return Model(
         "bert_encoder",
         forward,
         dims={"nO": hidden_width},
         attrs={
-            "bert_config": config,
+            "bert_config": config,  # as configured; the encoder's own: get_encoder(model).config
+            "encoder": None,  # the float32 encoder (set at initialize or load), the one saved
             "pieces": None,
             "pooling": pooling,
             "window": window,
             "max_batch_pieces": max_batch_pieces,
             "autocast": autocast,
             "quantize": quantize,
-            "float_encoder": None,  # with quantize: the float32 encoder, the one saved
         },
     )
 
@@ -95,9 +134,9 @@ def set_encoder(model: Model, encoder: TorchBertEncoder, pieces: WordPieces) -> 
         )
     autocast, quantize = model.attrs["autocast"], model.attrs["quantize"]
     if quantize is not None and get_torch_default_device().type != "cpu":
-        raise ValueError(
+        raise EncoderConfigError(
             f'quantize = "{quantize}" runs on the CPU only (PyTorch\'s dynamic int8 kernels): '
-            "set [components.bert_encoder.model] quantize = null on a GPU"
+            f"set {MODEL_SECTION} quantize = null on a GPU"
         )
     wrapper = PyTorchWrapper_v2(
         WordEncoder(
@@ -110,19 +149,17 @@ def set_encoder(model: Model, encoder: TorchBertEncoder, pieces: WordPieces) -> 
         ),
     )
     model.layers[:] = [wrapper]
-    model.attrs["bert_config"] = encoder.config
+    model.attrs["encoder"] = encoder
     model.attrs["pieces"] = pieces
-    model.attrs["float_encoder"] = None if quantize is None else encoder
     model.set_dim("nO", encoder.config.hidden_width, force=True)
 
 
 def get_encoder(model: Model) -> TorchBertEncoder:
     """The float32 encoder: the one to save, also when the forward pass runs a quantized copy."""
-    if not model.layers:
+    encoder = model.attrs["encoder"]
+    if encoder is None:
         raise ValueError("the BERT encoder has no weights yet: call nlp.initialize() first")
-    if model.attrs["float_encoder"] is not None:
-        return model.attrs["float_encoder"]
-    return model.layers[0].shims[0]._model.encoder
+    return encoder
 
 
 def quantize_int8(encoder: TorchBertEncoder) -> TorchBertEncoder:
@@ -149,31 +186,36 @@ def dropout_rates(model: Model) -> Dict[str, float]:
 
 
 def new_random_encoder(model: Model, pieces: WordPieces) -> TorchBertEncoder:
-    config = model.attrs["bert_config"]
-    config.vocab_size = pieces.vocab_size
-    config.pad_token_id = pieces.pad_id
+    """A randomly initialized encoder of the configured sizes, for the vocabulary `pieces`."""
+    config = replace(model.attrs["bert_config"], vocab_size=pieces.vocab_size, pad_token_id=pieces.pad_id)
     return TorchBertEncoder(config)
 
 
 def window_size(model: Model) -> int:
     """`window`, by default the positions the weights were trained on, less [CLS] and [SEP]."""
-    config = model.attrs["bert_config"]
+    return _window(model.attrs["window"], get_encoder(model).config)
+
+
+def _window(window: Optional[int], config: BertConfig) -> int:
     limit = config.max_positions - 2
-    window = model.attrs["window"] or min(limit, (config.trained_positions or config.max_positions) - 2)
-    if not 0 < window <= limit:
-        raise ValueError(f"window must be between 1 and max_positions - 2 = {limit}, not {window}")
+    if window is None:
+        return min(limit, (config.trained_positions or config.max_positions) - 2)
+    if window > limit:
+        raise EncoderConfigError(
+            f"{MODEL_SECTION} window must be between 1 and max_positions - 2 = {limit} (positions for "
+            f"[CLS] and [SEP]), not {window}: lower it, or set null"
+        )
     return window
 
 
 def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[List[Floats2d], Callable]:
-    if not model.layers:
-        raise ValueError("the BERT encoder has no weights yet: call nlp.initialize() first")
+    window = window_size(model)  # raises when there is no encoder yet
     if is_train and model.attrs["quantize"] is not None:
-        raise ValueError(
+        raise EncoderConfigError(
             f'quantize = "{model.attrs["quantize"]}" is for inference only: '
-            "set [components.bert_encoder.model] quantize = null to train"
+            f"set {MODEL_SECTION} quantize = null to train"
         )
-    batch = docs_to_batch(docs, model.attrs["pieces"], window_size(model), model.attrs["max_batch_pieces"])
+    batch = docs_to_batch(docs, model.attrs["pieces"], window, model.attrs["max_batch_pieces"])
     width = model.get_dim("nO")
     if not batch.chunks:
         return [model.ops.alloc2f(len(doc), width) for doc in docs], lambda d_vectors: []
