@@ -1,48 +1,100 @@
-"""Shared helpers for the benchmarks: IMDB text, random-weight BERT checkpoints with a real
-vocabulary, one subprocess per measured arm (for a clean peak RSS), and markdown tables.
+"""The benchmarks' shared harness: data, model sizes, random-weight checkpoints, pretraining configs,
+log.jsonl reading, one subprocess per measured arm, model FLOPs and the matrix-product limit they
+are compared with, the machine header and markdown tables.
 
 Checkpoints are plain Hugging Face folders (`transformers.BertForPreTraining.save_pretrained`)
-cached under benchmarks/.cache/, so ours and spacy-transformers load exactly the same weights.
+cached under benchmarks/.cache/, so ours and the peers load exactly the same weights.
 """
 
 import argparse
+import datetime
 import gzip
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+sys.path.insert(0, str(REPO))  # the package from this checkout, also where it is not installed
+from spacy_bert_plugin.bert.config import BertConfig  # noqa: E402
+
+CONFIGS = REPO / "configs"
 CACHE_DIR = BENCH_DIR / ".cache"
-IMDB_DIR = BENCH_DIR.parent.parent / "shared" / "data" / "imdb"
+SHARED_DATA = REPO.parent / "shared" / "data"
+IMDB_DIR = SHARED_DATA / "imdb"
+CONLL_DIR = SHARED_DATA / "conll2003"
 VOCAB_SIZE = 30522  # BERT's vocabulary size; the pieces are learnt from IMDB train
 VOCAB_TRAINING_DOCS = 20_000
 
-# Hugging Face BertConfig keys of the two shapes measured.
+# [components.bert_encoder.model] shapes: BERT-Tiny, BERT-Mini and BERT-base.
 SIZES: Dict[str, Dict[str, int]] = {
-    "mini": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
-    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "tiny": dict(hidden_width=128, num_layers=2, num_heads=2, intermediate_width=512),
+    "mini": dict(hidden_width=256, num_layers=4, num_heads=4, intermediate_width=1024),
+    "base": dict(hidden_width=768, num_layers=12, num_heads=12, intermediate_width=3072),
 }
+
+
+def bert_config(size: str, vocab_size: int = VOCAB_SIZE) -> BertConfig:
+    return BertConfig(vocab_size=vocab_size, **SIZES[size])
+
+
+# ---- data and checkpoints ------------------------------------------------------------------------
+
+
+def require(path: Path, what: str) -> Path:
+    if not path.exists():
+        sys.exit(f"{path} not found: {what} needs the shared data folder {SHARED_DATA}")
+    return path
+
+
+def read_jsonl(path: Path, limit: Optional[int] = None) -> List[Dict[str, Any]]:
+    """The first `limit` records of a .jsonl or .jsonl.gz file."""
+    records: List[Dict[str, Any]] = []
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf8") as file:
+        for line in file:
+            if limit is not None and len(records) >= limit:
+                break
+            if line.strip():
+                records.append(json.loads(line))
+    return records
 
 
 def imdb_texts(split: str, limit: Optional[int] = None) -> List[str]:
     """The first `limit` review texts of an IMDB split (train, dev or test)."""
-    path = IMDB_DIR / f"{split}.jsonl.gz"
+    path = require(IMDB_DIR / f"{split}.jsonl.gz", "this benchmark")
+    return [record["text"] for record in read_jsonl(path, limit)]
+
+
+def write_texts(texts: Sequence[str], path: Path) -> Path:
+    """A pretraining corpus: one {"text": ...} per line, written once (its size and mtime key the
+    pretraining caches)."""
     if not path.exists():
-        sys.exit(
-            f"IMDB data not found at {path}: the benchmarks need the shared data folder ../shared/data/imdb"
-        )
-    texts: List[str] = []
-    with gzip.open(path, "rt", encoding="utf8") as file:
-        for line in file:
-            if limit is not None and len(texts) >= limit:
-                break
-            texts.append(json.loads(line)["text"])
-    return texts
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts), encoding="utf8")
+        tmp.replace(path)
+    return path
+
+
+def conll_docbin(split: str) -> Path:
+    """CoNLL-2003 `split` as a DocBin, one Doc per -DOCSTART- article, as `spacy convert SPLIT.iob
+    OUT -c ner` writes it (converted once, then cached)."""
+    path = CACHE_DIR / "conll" / f"{split}.spacy"
+    if not path.exists():
+        from spacy.tokens import DocBin
+        from spacy.training.converters import conll_ner_to_docs
+
+        text = require(CONLL_DIR / f"{split}.iob", "this benchmark").read_text(encoding="utf8")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        DocBin(docs=conll_ner_to_docs(text, n_sents=1, no_print=True), store_user_data=False).to_disk(tmp)
+        os.replace(tmp, path)
+    return path
 
 
 def vocab_folder() -> Path:
@@ -51,7 +103,7 @@ def vocab_folder() -> Path:
     if not (folder / "vocab.txt").exists():
         from spacy_bert_plugin.pieces import WordPieces
 
-        print(f"training a {VOCAB_SIZE}-piece WordPiece vocabulary on IMDB train ...", file=sys.stderr)
+        log(f"training a {VOCAB_SIZE}-piece WordPiece vocabulary on IMDB train ...")
         pieces = WordPieces.train(imdb_texts("train", VOCAB_TRAINING_DOCS), VOCAB_SIZE)
         tmp = _fresh_folder(CACHE_DIR / ".vocab.tmp")
         pieces.to_disk(tmp)
@@ -60,25 +112,30 @@ def vocab_folder() -> Path:
 
 
 def checkpoint(size: str) -> Path:
-    """A random-weight HF `BertForPreTraining` folder of the given shape (made once, then cached)."""
+    """A random-weight HF `BertForPreTraining` folder of the given size (made once, then cached)."""
     folder = CACHE_DIR / f"bert-{size}"
     if (folder / "config.json").exists():
         return folder
     import torch
-    from transformers import BertConfig, BertForPreTraining, BertTokenizerFast
+    import transformers
 
     vocab_file = vocab_folder() / "vocab.txt"
     n_pieces = len(vocab_file.read_text(encoding="utf8").splitlines())
-    print(f"writing a random-weight BERT-{size} checkpoint to {folder} ...", file=sys.stderr)
+    log(f"writing a random-weight BERT-{size} checkpoint to {folder} ...")
     torch.manual_seed(0)
-    model = BertForPreTraining(BertConfig(vocab_size=n_pieces, **SIZES[size])).eval()
+    hf_config = transformers.BertConfig(**bert_config(size, n_pieces).to_hf())
+    model = transformers.BertForPreTraining(hf_config).eval()
     tmp = _fresh_folder(CACHE_DIR / f".bert-{size}.tmp")
     model.save_pretrained(tmp)
-    BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True, model_max_length=512).save_pretrained(
-        tmp
-    )
+    tokenizer = transformers.BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
+    tokenizer.model_max_length = 512
+    tokenizer.save_pretrained(tmp)
     os.replace(tmp, folder)
     return folder
+
+
+def checkpoint_config(size: str) -> BertConfig:
+    return BertConfig.from_hf(json.loads((checkpoint(size) / "config.json").read_text()))
 
 
 def _fresh_folder(path: Path) -> Path:
@@ -87,6 +144,52 @@ def _fresh_folder(path: Path) -> Path:
     return path
 
 
+# ---- pretraining configs and logs ---------------------------------------------------------------
+
+
+def pretraining_config(
+    corpus: Path,
+    overrides: Dict[str, Any],
+    shape: Optional[Dict[str, int]] = None,
+    base: str = "pretrain.cfg",
+):
+    """configs/`base` with the corpus, an encoder shape and dotted-key overrides, as
+    `spacy bert-pretrain BASE OUT --paths.raw_text CORPUS --key value ...` would read it."""
+    from spacy import util
+
+    flat = {"paths.raw_text": str(corpus), **overrides}
+    flat.update({f"components.bert_encoder.model.{key}": value for key, value in (shape or {}).items()})
+    return util.load_config(CONFIGS / base, overrides=flat, interpolate=False)
+
+
+# Overrides for timed runs: evaluation and saving only after the last step, outside the clock.
+TIMED_RUN = {
+    "bert_pretraining.eval_every": 10**9,
+    "bert_pretraining.save_every": 10**9,
+    "bert_pretraining.eval_batches": 1,
+}
+
+
+def read_log(path: Path) -> List[Dict[str, Any]]:
+    """The records of a `spacy bert-pretrain` log.jsonl, in order."""
+    return [json.loads(line) for line in path.read_text(encoding="utf8").splitlines() if line.strip()]
+
+
+def log_windows(records: List[Dict[str, Any]]) -> List[Tuple[int, float]]:
+    """(pieces, seconds) of each logged training window (`tokens` is cumulative; evaluation and
+    saving are outside `tokens_per_s`)."""
+    windows, previous = [], 0
+    for record in records:
+        if "tokens_per_s" in record:
+            windows.append(
+                (record["tokens"] - previous, (record["tokens"] - previous) / record["tokens_per_s"])
+            )
+            previous = record["tokens"]
+    return windows
+
+
+# ---- arms in subprocesses -----------------------------------------------------------------------
+
 # Each measured arm lives in its own process (`script --worker SPEC`), so its peak RSS is its own.
 # The driver sends it JSON requests on stdin, one per line, and reads one JSON reply per request;
 # several workers stay alive side by side, so the driver can interleave their timed rounds.
@@ -94,13 +197,14 @@ REPLY_MARK = "@@bench "  # libraries may print to stdout too; replies carry this
 
 
 class Worker:
-    def __init__(self, script: Path, spec: Dict[str, Any]):
+    def __init__(self, script: Path, spec: Dict[str, Any], env: Optional[Dict[str, str]] = None):
         self.spec = spec
         self.proc = subprocess.Popen(
             [sys.executable, str(script), "--worker", json.dumps(spec)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            env={**os.environ, **(env or {})},
         )
         self.ready = self._reply()  # the worker answers once it has loaded
 
@@ -130,13 +234,34 @@ def serve(ready: Dict[str, Any], handle: Callable[[Dict[str, Any]], Dict[str, An
         print(REPLY_MARK + json.dumps(handle(json.loads(line))), flush=True)
 
 
-def run_once(script: Path, spec: Dict[str, Any], request: Dict[str, Any]) -> Dict[str, Any]:
+def run_once(script: Path, spec: Dict[str, Any], request: Optional[Dict[str, Any]] = None, **kwargs) -> Dict:
     """A fresh worker process for a single request."""
-    worker = Worker(script, spec)
+    worker = Worker(script, spec, **kwargs)
     try:
-        return worker.ask(request)
+        return worker.ask(request or {})
     finally:
         worker.close()
+
+
+def register_plugin() -> None:
+    """The package's spaCy registrations where it runs from PYTHONPATH without its installed entry
+    points (the GPU machine): the factory registers on import, the architecture by hand."""
+    from spacy.util import registry
+
+    import spacy_bert_plugin.pipeline  # noqa: F401
+    from spacy_bert_plugin.layers import BertEncoder
+
+    if "spacy_bert_plugin.BertEncoder.v1" not in registry.architectures:
+        registry.architectures.register("spacy_bert_plugin.BertEncoder.v1", func=BertEncoder)
+
+
+def set_threads(threads: int) -> int:
+    """torch's threads (0: its default); returns the number in use."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
 
 
 def memory_mib() -> Dict[str, float]:
@@ -163,25 +288,200 @@ def add_run_options(parser: argparse.ArgumentParser, peer_spans: bool = False) -
         "--threads",
         type=int,
         default=1,
-        help="torch threads per arm, 0 for torch's default "
-        "(1 keeps a shared machine's noise out of the measurements)",
+        help="torch threads per arm, 0 for torch's default (1 keeps a shared machine's noise out)",
     )
     if peer_spans:
-        parser.add_argument(
-            "--peer-window", type=int, default=128, help="peer strided_spans window (its default)"
-        )
-        parser.add_argument(
-            "--peer-stride", type=int, default=96, help="peer strided_spans stride (its default)"
-        )
+        parser.add_argument("--peer-window", type=int, default=128, help="peer strided_spans window")
+        parser.add_argument("--peer-stride", type=int, default=96, help="peer strided_spans stride")
     parser.add_argument("--json", type=Path, help="also write all measurements to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
 
 
-def machine() -> Dict[str, str]:
-    """Date, commit and CPU, for the results table."""
-    import datetime
+def drain(items: List[Any]) -> Iterator[Any]:
+    """Yield the items while dropping the list's references, so that what a pipeline attaches
+    to each processed Doc is freed once the consumer moves on (streaming, as in real use)."""
+    items.reverse()
+    while items:
+        yield items.pop()
 
-    model = platform.processor() or "unknown"
+
+# ---- model FLOPs --------------------------------------------------------------------------------
+
+
+class EncoderMeter:
+    """Records the real sequence lengths of every forward pass of a BERT encoder module (ours, or
+    a Hugging Face `BertModel`) through a forward pre-hook, for `bert.flops` and the limit's shapes."""
+
+    def __init__(self, module, config: BertConfig):
+        self.config = config
+        self.lengths: List[int] = []  # since the last take
+        self.pieces = self.sequences = self.calls = 0  # all along
+        module.register_forward_pre_hook(self._record, with_kwargs=True)
+
+    def _record(self, module, args, kwargs) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = next(
+            (kwargs[key] for key in ("padding_mask", "attention_mask") if kwargs.get(key) is not None),
+            args[1] if len(args) > 1 else None,
+        )
+        lengths = mask.sum(1).tolist() if mask is not None else [ids.shape[1]] * ids.shape[0]
+        self.lengths.extend(lengths)
+        self.pieces, self.sequences, self.calls = (
+            self.pieces + sum(lengths),
+            self.sequences + len(lengths),
+            self.calls + 1,
+        )
+
+    def take(self) -> List[int]:
+        """The sequence lengths recorded since the last take."""
+        lengths, self.lengths = self.lengths, []
+        return lengths
+
+    def shape(self) -> Dict[str, float]:
+        """Mean pieces per forward pass and mean sequence length, for `model_gemms`."""
+        return {"rows": self.pieces / max(1, self.calls), "length": self.pieces / max(1, self.sequences)}
+
+
+def pipeline_meter(nlp) -> EncoderMeter:
+    """An EncoderMeter on a pipeline's torch encoder: ours, or the Hugging Face `BertModel` inside
+    spacy-transformers' `transformer`."""
+    for _name, pipe in nlp.pipeline:
+        for node in pipe.model.walk() if hasattr(pipe, "model") else ():
+            for shim in node.shims:
+                for module in shim._model.modules():
+                    if type(module).__name__ in ("BertEncoder", "BertModel"):
+                        config = module.config
+                        if not isinstance(config, BertConfig):
+                            config = BertConfig.from_hf(config.to_dict())
+                        return EncoderMeter(module, config)
+    raise ValueError(f"no BERT encoder in the pipeline {nlp.pipe_names}")
+
+
+def achieved(flops: float, wall_s: float, cpu_s: float, limit: float) -> Dict[str, float]:
+    """GFLOP/s by the wall clock, and the share of the limit by CPU time (see `matmul_limit`)."""
+    return {"gflops": flops / wall_s / 1e9, "share": flops / cpu_s / 1e9 / limit}
+
+
+# ---- the matrix-product limit -------------------------------------------------------------------
+
+Gemm = Tuple[
+    int, int, int, int, int
+]  # (batch, m, k, n, count): count products of (batch, m, k) @ (batch, k, n)
+LIMIT_ROWS = 2048  # product rows at most: the speed per FLOP is flat beyond
+
+
+def model_gemms(
+    config: BertConfig,
+    rows: float,
+    length: float,
+    n_masked: float = 0,
+    training: bool = False,
+    head: Sequence[int] = (),
+) -> List[Gemm]:
+    """The matrix products of one encoder forward pass over `rows` pieces in sequences of
+    `length` (with the masked-LM head at `n_masked` pieces, a fine-tuning head of dense `head`
+    widths), with their backward products for `training`. Rows are capped at LIMIT_ROWS."""
+    h, i, heads = config.hidden_width, config.intermediate_width, config.num_heads
+    layers = config.num_layers
+    rows, length = max(1, min(int(rows), LIMIT_ROWS)), max(1, min(int(length), int(rows), LIMIT_ROWS))
+    sequences = max(1, rows // length)
+    dense = [(rows, h, 3 * h, layers), (rows, h, h, layers), (rows, h, i, layers), (rows, i, h, layers)]
+    if n_masked:
+        masked = max(1, min(int(n_masked), LIMIT_ROWS))
+        dense += [(masked, h, h, 1), (masked, h, config.vocab_size, 1)]
+    dense += [(rows, n_in, n_out, 1) for n_in, n_out in zip(head, head[1:])]
+    gemms = [(1, m, k, n, count) for m, k, n, count in dense]
+    d = h // heads
+    attention = [
+        (sequences * heads, length, d, length, layers),
+        (sequences * heads, length, length, d, layers),
+    ]
+    gemms += attention
+    if training:  # input gradients (m, n) @ (n, k) and weight gradients (k, m) @ (m, n)
+        gemms += [(b, m, n, k, c) for b, m, k, n, c in gemms] + [(b, k, m, n, c) for b, m, k, n, c in gemms]
+    return gemms
+
+
+def matmul_limit(gemms: List[Gemm], precision: str, device: str = "cpu") -> float:
+    """GFLOP/s of torch's matrix products at the model's shapes, in this process (its threads):
+    total FLOPs over the total of each product's best time. On a CPU the time is CPU time (all
+    threads), as arms' shares are: with one thread, the time a shared machine keeps it waiting
+    for a core counts in neither. `precision` is fp32, bf16 (products in bfloat16) or int8 (dense
+    products through PyTorch's dynamic int8 Linear, as `quantize = "int8"` runs them; attention
+    products stay float32)."""
+    import torch
+
+    total_flops = total_s = 0.0
+    for batch, m, k, n, count in gemms:
+        run = _product(batch, m, k, n, precision, torch.device(device))
+        total_flops += count * 2 * batch * m * k * n
+        total_s += count * _best_time(run, device)
+    return total_flops / total_s / 1e9
+
+
+def _product(batch: int, m: int, k: int, n: int, precision: str, device) -> Callable[[], Any]:
+    import torch
+
+    if precision == "int8" and batch == 1:
+        from torch.ao.nn.quantized.dynamic import Linear
+
+        layer, x = Linear(k, n), torch.randn(m, k)
+        return lambda: layer(x)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a = torch.randn(batch, m, k, device=device, dtype=dtype)
+    b = torch.randn(batch, k, n, device=device, dtype=dtype)
+    return (lambda: torch.mm(a[0], b[0])) if batch == 1 else (lambda: torch.bmm(a, b))
+
+
+def _best_time(run: Callable[[], Any], device: str, min_s: float = 0.05, max_repeats: int = 5) -> float:
+    import torch
+
+    cuda = device.startswith("cuda")
+    clock = time.perf_counter if cuda else time.process_time
+    run()
+    best, spent, repeats = float("inf"), 0.0, 0
+    while repeats < max_repeats and (spent < min_s or repeats < 2):
+        if cuda:
+            torch.cuda.synchronize()
+        start = clock()
+        run()
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = clock() - start
+        best, spent, repeats = min(best, seconds), spent + seconds, repeats + 1
+    return best
+
+
+def arm_limit(meter: EncoderMeter, precision: str, training: bool = False, head: Sequence[int] = ()) -> float:
+    """The limit of an arm at the shapes its encoder ran (`meter`), in the precision it runs."""
+    gemms = model_gemms(meter.config, **meter.shape(), training=training, head=head)
+    return matmul_limit(gemms, effective_precision(precision))
+
+
+def effective_precision(precision: str, device: str = "cpu") -> str:
+    """What an arm's products run in: bf16 autocast runs float32 on a CPU without bf16
+    instructions (bert.precision); fp32 and int8 as asked."""
+    if precision != "bf16" or device != "cpu":
+        return precision
+    from spacy_bert_plugin.bert.precision import cpu_computes_natively
+
+    return "bf16" if cpu_computes_natively("bf16") else "fp32"
+
+
+# ---- machine and tables -------------------------------------------------------------------------
+
+
+def cpu_flags() -> set:
+    try:
+        with open("/proc/cpuinfo") as file:
+            return set(next(line for line in file if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        return set()
+
+
+def machine() -> Dict[str, str]:
+    """Date, commit, CPU model, its bf16 instructions and the load, for the header."""
+    model = "unknown CPU"
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
         model = next(
@@ -191,16 +491,28 @@ def machine() -> Dict[str, str]:
         pass
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=BENCH_DIR).stdout.strip()
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO).stdout.strip()
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    if git("status", "--porcelain", "--", "../spacy_bert_plugin"):
-        commit += " (package code modified)"
+    if git("status", "--porcelain", "--", "spacy_bert_plugin", "benchmarks"):
+        commit += " (with uncommitted changes)"
+    flags = cpu_flags()
+    bf16 = ", ".join(f"{name} {'yes' if flag in flags else 'no'}" for name, flag in BF16_FLAGS.items())
     return {
         "date": datetime.date.today().isoformat(),
         "commit": commit,
-        "machine": f"{model}, {os.cpu_count()} cores",
+        "cpu": f"{model}, {os.cpu_count()} cores",
+        "bf16": bf16,
+        "load": f"load average {os.getloadavg()[0]:.1f}",
     }
+
+
+BF16_FLAGS = {"AVX512-BF16": "avx512_bf16", "AMX-BF16": "amx_bf16"}
+
+
+def header(info: Dict[str, str], threads: Any, *details: str) -> str:
+    parts = [info["date"], f"commit {info['commit']}", info["cpu"], info["bf16"], f"torch threads {threads}"]
+    return "; ".join([*parts, info["load"], *details])
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -215,9 +527,9 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def drain(items: List[Any]) -> Iterator[Any]:
-    """Yield the items while dropping the list's references, so that what a pipeline attaches
-    to each processed Doc is freed once the consumer moves on (streaming, as in real use)."""
-    items.reverse()
-    while items:
-        yield items.pop()
+def percent(share: float) -> str:
+    return f"{100 * share:.1f} %"
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

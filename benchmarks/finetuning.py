@@ -1,5 +1,5 @@
-"""Fine-tuning benchmark (issue 5b): words/s of `spacy train`'s update loop for NER on CoNLL-2003,
-`bert_encoder` vs spacy-transformers' `transformer`, with the same Hugging Face BERT weights.
+"""Fine-tuning benchmark: words/s and achieved GFLOP/s of `spacy train`'s update loop for NER on
+CoNLL-2003, `bert_encoder` vs spacy-transformers' `transformer`, with the same BERT weights.
 
 Both pipelines are [encoder, ner]: the same NER head (`spacy.TransitionBasedParser.v2`, state type
 ner, hidden width 64, maxout 2, no upper layer, as in configs/ner.cfg) reads the encoder through a
@@ -14,14 +14,15 @@ listener, and every update fine-tunes the encoder end to end:
   (default 510); `ours-w126` gives windows of 128 positions like the peer's, but without overlap.
 
 The loop is `spacy train`'s own (`spacy.training.loop.train_while_improving`, accumulate_gradient 1):
-CoNLL-2003 train articles (converted like `spacy convert -c ner`, read with `spacy.Corpus.v1`,
-so spaCy's tokenizer makes the predicted docs) shuffled with a fixed seed, cut by
-`spacy.batch_by_words.v1` (size 1000, tolerance 0.2), each batch sorted by length, then
-`nlp.update(batch, drop=0.1, sgd=False)` and `finish_update(optimizer)` of every component, with
-the Adam.v1 of configs/ner.cfg. Every arm runs in its own process (for a clean peak RSS) and
-updates on exactly the same batches; after a few warm-up steps the driver has the arms take the
-same step one after the other (order alternating), so each step's ratio to the peer saw the same
-machine load. words/s = words of the timed batches / wall seconds of their updates.
+CoNLL-2003 train articles (converted like `spacy convert -c ner`, read with `spacy.Corpus.v1`)
+shuffled with a fixed seed, cut by `spacy.batch_by_words.v1` (size 1000, tolerance 0.2), each
+batch sorted by length, then `nlp.update(batch, drop=0.1, sgd=False)` and `finish_update` of every
+component, with the Adam.v1 of configs/ner.cfg. Every arm runs in its own process and updates on
+the same batches; after warm-up steps the arms take each step one after the other (order
+alternating), so each step's ratio to the peer saw the same machine load. Model FLOPs: the
+encoder passes each arm ran, forward and backward, plus the NER head's dense layers per token
+(bert.flops); the limit is torch's matrix-product speed at those shapes (forward and backward) in
+the arm's precision, measured by its process.
 
     python benchmarks/finetuning.py                    # BERT-Mini, 30 steps: ~2 minutes on a busy 2-core box
     python benchmarks/finetuning.py --quick            # 10 steps: about a minute
@@ -40,22 +41,28 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from common import (
-    BENCH_DIR,
-    CACHE_DIR,
     SIZES,
     Worker,
+    achieved,
     add_run_options,
+    arm_limit,
     checkpoint,
+    conll_docbin,
+    header,
+    log,
     machine,
     markdown_table,
     memory_mib,
+    percent,
+    pipeline_meter,
     reset_peak_rss,
     serve,
+    set_threads,
 )
 
+from spacy_bert_plugin.bert.flops import encoder_flops, head_flops, training_flops
+
 SCRIPT = Path(__file__).resolve()
-CONLL_DIR = BENCH_DIR.parent.parent / "shared" / "data" / "conll2003"
-WORK_DIR = CACHE_DIR / "finetuning"
 ARMS = ("ours", "peer", "ours-bf16")
 DEFAULT_STEPS = {"mini": 30, "base": 8}
 QUICK_STEPS = 10
@@ -72,48 +79,17 @@ OPTIMIZER = dict(
     grad_clip=1.0,
     use_averages=False,
 )
+NER_HIDDEN = 64
 NER_MODEL = {
     "@architectures": "spacy.TransitionBasedParser.v2",
     "state_type": "ner",
     "extra_state_tokens": False,
-    "hidden_width": 64,
+    "hidden_width": NER_HIDDEN,
     "maxout_pieces": 2,
     "use_upper": False,
     "nO": None,
 }
-
-
-# ---- data --------------------------------------------------------------------------------------
-
-
-def docbin(split: str) -> Path:
-    """CoNLL-2003 `split` as a DocBin, one Doc per -DOCSTART- article, as `spacy convert SPLIT.iob
-    OUT -c ner` writes it (converted once, then cached)."""
-    path = WORK_DIR / f"{split}.spacy"
-    if path.exists():
-        return path
-    source = CONLL_DIR / f"{split}.iob"
-    if not source.exists():
-        sys.exit(
-            f"CoNLL-2003 not found at {source}: this benchmark needs the shared data folder ../shared/data"
-        )
-    from spacy.tokens import DocBin
-    from spacy.training.converters import conll_ner_to_docs
-
-    docs = list(conll_ner_to_docs(source.read_text(encoding="utf8"), n_sents=1, no_print=True))
-    WORK_DIR.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    DocBin(docs=docs, store_user_data=False).to_disk(tmp)
-    os.replace(tmp, path)
-    n_ents = sum(len(doc.ents) for doc in docs)
-    print(
-        f"converted {source} -> {path}: {len(docs)} docs, {sum(map(len, docs)):,} tokens, {n_ents:,} entities",
-        file=sys.stderr,
-    )
-    return path
-
-
-# ---- pipelines -----------------------------------------------------------------------------------
+NER_FEATURES = 3  # state tokens per action for state_type ner
 
 
 def build(arm: str, size: str, window: int, stride: int):
@@ -141,25 +117,21 @@ def build(arm: str, size: str, window: int, stride: int):
     else:
         # "ours", "ours-bf16", and with a window of N pieces (default: 510) "ours-wN", "ours-bf16-wN"
         parts = arm.split("-")[1:]
-        window_parts = [int(part[1:]) for part in parts if part.startswith("w")]
+        windows = [int(part[1:]) for part in parts if part.startswith("w")]
         model = {
             "@architectures": "spacy_bert_plugin.BertEncoder.v1",
             "autocast": "bf16" if "bf16" in parts else None,
-            "window": window_parts[0] if window_parts else None,
+            "window": windows[0] if windows else None,
         }
         nlp.add_pipe("bert_encoder", config={"checkpoint": str(checkpoint(size)), "model": model})
         listener = {
             "@architectures": "spacy.Tok2VecListener.v1",
-            "width": SIZES[size]["hidden_size"],
+            "width": SIZES[size]["hidden_width"],
             "upstream": "bert_encoder",
         }
-    nlp.add_pipe(
-        "ner", config={"model": dict(NER_MODEL, tok2vec=listener), "update_with_oracle_cut_size": 100}
-    )
+    ner = {"model": dict(NER_MODEL, tok2vec=listener), "update_with_oracle_cut_size": 100}
+    nlp.add_pipe("ner", config=ner)
     return nlp
-
-
-# ---- workers (one process per arm) -------------------------------------------------------------
 
 
 class ArmWorker:
@@ -167,36 +139,42 @@ class ArmWorker:
     times one update step per request."""
 
     def __init__(self, spec: Dict[str, Any]):
-        import torch
         from spacy.training import Corpus
         from spacy.training.loop import subdivide_batch
         from spacy.util import fix_random_seed, registry
         from thinc.api import Adam
 
-        if spec["threads"]:
-            torch.set_num_threads(spec["threads"])
-        self.threads = torch.get_num_threads()
+        self.threads = set_threads(spec["threads"])
+        self.precision = "bf16" if "bf16" in spec["arm"] else "fp32"
         fix_random_seed(SEED)
         self.nlp = build(spec["arm"], spec["size"], spec["peer_window"], spec["peer_stride"])
         examples = list(Corpus(spec["train"], gold_preproc=False, max_length=0, limit=0)(self.nlp))
         self.nlp.initialize(lambda: examples)
+        self.meter = pipeline_meter(self.nlp)
+        width = SIZES[spec["size"]]["hidden_width"]
+        n_actions = self.nlp.get_pipe("ner").moves.n_moves
+        # The parser's per-token layers: a dense map to its hidden width, then the precomputed
+        # features of each state token (nF x actions x maxout pieces, without an upper layer).
+        self.head = (width, NER_HIDDEN, NER_FEATURES * n_actions * NER_MODEL["maxout_pieces"])
         self.optimizer = Adam(**OPTIMIZER)
         random.Random(SEED).shuffle(examples)
         batcher = registry.batchers.get("spacy.batch_by_words.v1")(
             size=spec["batch_words"], tolerance=0.2, discard_oversize=False
         )
+        needed = spec["warmup"] + spec["steps"]
         batches = []
         for batch in batcher(examples):
             batches.append(next(subdivide_batch(batch, 1)))  # what spacy train does: sorted by length
-            if len(batches) == spec["warmup"] + spec["steps"]:
+            if len(batches) == needed:
                 break
-        if len(batches) < spec["warmup"] + spec["steps"]:
+        if len(batches) < needed:
             sys.exit(f"only {len(batches)} batches in CoNLL train: ask for fewer steps")
         self.batches = batches[spec["warmup"] :]
         self.load_rss, self.load_peak = memory_mib()["VmRSS"], memory_mib()["VmHWM"]
         reset_peak_rss()  # from here on, VmHWM is the peak while training (warm-up included)
         for batch in batches[: spec["warmup"]]:
             self.update(batch)
+        self.meter.take()
 
     def update(self, batch: List[Any]) -> Dict[str, float]:
         """One step of spacy.training.loop.train_while_improving (accumulate_gradient = 1)."""
@@ -215,22 +193,21 @@ class ArmWorker:
                 "load_peak_mib": self.load_peak,
                 "train_peak_mib": memory_mib()["VmHWM"],
                 "threads": self.threads,
+                "limit_gflops": arm_limit(self.meter, self.precision, training=True, head=self.head),
             }
         batch = self.batches[request["step"]]
         wall, cpu = time.perf_counter(), time.process_time()
         losses = self.update(batch)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         words = sum(len(eg.predicted) for eg in batch)
+        forward = encoder_flops(self.meter.config, self.meter.take()) + head_flops(words, self.head)
         return {
             "words": words,
-            "docs": len(batch),
             "wall": wall,
             "cpu": cpu,
+            "flops": training_flops(forward),
             "ner_loss": float(losses.get("ner", 0.0)),
         }
-
-
-# ---- driver ----------------------------------------------------------------------------------
 
 
 def measure_size(size: str, arms: List[str], steps: int, args: argparse.Namespace) -> List[Dict[str, Any]]:
@@ -241,7 +218,7 @@ def measure_size(size: str, arms: List[str], steps: int, args: argparse.Namespac
         threads=args.threads,
         peer_window=args.peer_window,
         peer_stride=args.peer_stride,
-        train=str(docbin("train")),
+        train=str(conll_docbin("train")),
         batch_words=args.batch_words,
         warmup=args.warmup,
         steps=steps,
@@ -250,19 +227,13 @@ def measure_size(size: str, arms: List[str], steps: int, args: argparse.Namespac
     for arm in arms:
         start = time.perf_counter()
         workers[arm] = Worker(SCRIPT, dict(spec, arm=arm))
-        print(
-            f"{size} {arm}: loaded, initialized and warmed up in {time.perf_counter() - start:.0f} s",
-            file=sys.stderr,
-            flush=True,
-        )
+        log(f"{size} {arm}: loaded, initialized and warmed up in {time.perf_counter() - start:.0f} s")
     rounds: List[Dict[str, Any]] = []
     for step in range(steps):
         for arm in arms if step % 2 == 0 else arms[::-1]:
             rounds.append(dict(workers[arm].ask({"step": step}), arm=arm, size=size, step=step))
         line = ", ".join(f"{r['arm']} {r['words'] / r['wall']:,.0f}" for r in rounds[-len(arms) :])
-        print(
-            f"{size} step {step} ({rounds[-1]['words']} words): words/s {line}", file=sys.stderr, flush=True
-        )
+        log(f"{size} step {step} ({rounds[-1]['words']} words): words/s {line}")
     for arm, worker in workers.items():
         rounds.append(dict(worker.ask({"memory": True}), arm=arm, size=size))
         worker.close()
@@ -282,91 +253,75 @@ def summarize(rounds: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
             else float("nan")
             for clock in ("wall", "cpu")
         }
-        words, wall, cpu = (sum(r[key] for r in mine) for key in ("words", "wall", "cpu"))
+        words, wall = sum(r["words"] for r in mine), sum(r["wall"] for r in mine)
+        info = memory[size, arm]
         rows.append(
             {
                 "size": size,
                 "arm": arm,
                 "steps": len(mine),
                 "words": words,
-                "wall_s": wall,
-                "cpu_s": cpu,
                 "words_per_s": words / wall,
-                "cpu_words_per_s": words / cpu,
                 "ratio_wall": ratio["wall"],
                 "ratio_cpu": ratio["cpu"],
-                "ner_loss_first": mine[0]["ner_loss"],
-                "ner_loss_last": mine[-1]["ner_loss"],
-                **{
-                    key: memory[size, arm][key]
-                    for key in ("load_rss_mib", "load_peak_mib", "train_peak_mib", "threads")
-                },
+                "ner_loss": f"{mine[0]['ner_loss']:,.0f} / {mine[-1]['ner_loss']:,.0f}",
+                **achieved(
+                    sum(r["flops"] for r in mine), wall, sum(r["cpu"] for r in mine), info["limit_gflops"]
+                ),
+                **{k: info[k] for k in ("load_rss_mib", "train_peak_mib", "threads", "limit_gflops")},
             }
         )
     return rows
 
 
 def report(rows: List[Dict[str, Any]], info: Dict[str, str], args: argparse.Namespace) -> str:
-    header = (
-        f"{info['date']}, commit {info['commit']}, {info['machine']}, torch threads {rows[0]['threads']}, "
-        f"load average {os.getloadavg()[0]:.1f}; batch_by_words {args.batch_words}, {args.warmup} warm-up "
-        f"step(s), peer strided_spans {args.peer_window}/{args.peer_stride}"
+    details = (
+        f"batch_by_words {args.batch_words}, {args.warmup} warm-up step(s), "
+        f"peer strided_spans {args.peer_window}/{args.peer_stride}"
     )
+    headers = [
+        "size",
+        "arm",
+        "steps",
+        "words",
+        "words/s",
+        "vs peer (wall)",
+        "vs peer (CPU)",
+        "GFLOP/s",
+        "limit GFLOP/CPU-s",
+        "share of limit",
+        "NER loss first / last step",
+        "RSS after load MiB",
+        "train peak MiB",
+    ]
+    keys = ("size", "arm", "steps", "words", "words_per_s")
     table = markdown_table(
+        headers,
         [
-            "size",
-            "arm",
-            "steps",
-            "words",
-            "words/s",
-            "vs peer (wall)",
-            "vs peer (CPU)",
-            "CPU s",
-            "words/CPU-s",
-            "NER loss first/last step",
-            "RSS after load MiB",
-            "load peak MiB",
-            "train peak MiB",
-        ],
-        [
-            [
-                r["size"],
-                r["arm"],
-                r["steps"],
-                r["words"],
-                r["words_per_s"],
+            [r[k] for k in keys]
+            + [
                 f"{r['ratio_wall']:.2f}x",
                 f"{r['ratio_cpu']:.2f}x",
-                r["cpu_s"],
-                r["cpu_words_per_s"],
-                f"{r['ner_loss_first']:,.0f} / {r['ner_loss_last']:,.0f}",
-                r["load_rss_mib"],
-                r["load_peak_mib"],
-                r["train_peak_mib"],
+                f"{r['gflops']:.1f}",
+                f"{r['limit_gflops']:.1f}",
             ]
+            + [percent(r["share"]), r["ner_loss"], r["load_rss_mib"], r["train_peak_mib"]]
             for r in rows
         ],
     )
-    return f"\n{header}\n\n{table}"
+    return f"\n{header(info, rows[0]['threads'], details)}\n\n{table}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="mini", help="comma-separated: mini (4x256), base (12x768)")
     parser.add_argument(
-        "--steps",
-        type=int,
-        default=None,
-        help=f"timed update steps per arm (default: {DEFAULT_STEPS}; --quick: {QUICK_STEPS})",
+        "--steps", type=int, default=None, help=f"timed steps per arm (default {DEFAULT_STEPS})"
     )
-    parser.add_argument(
-        "--warmup", type=int, default=None, help="untimed update steps first (default 2; --quick 1)"
-    )
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2; --quick 1)")
     parser.add_argument("--batch-words", type=int, default=1000, help="spacy.batch_by_words.v1 size")
     parser.add_argument(
-        "--arms",
-        default=",".join(ARMS),
-        help=f"comma-separated, from {ARMS}; also ours-wN, ours-bf16-wN (window N pieces)",
+        "--arms", default=",".join(ARMS), help=f"comma-separated, from {ARMS}; also ours-wN, ours-bf16-wN"
     )
     parser.add_argument(
         "--quick", action="store_true", help=f"{QUICK_STEPS} timed steps after 1 warm-up step"
@@ -375,7 +330,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         arm = ArmWorker(json.loads(args.worker))
-        serve({"threads": arm.threads}, arm.handle)
+        serve({}, arm.handle)
         return
 
     if args.warmup is None:
@@ -387,8 +342,7 @@ def main() -> None:
     sizes = args.sizes.split(",")
     for size in sizes:
         checkpoint(size)  # make the cached checkpoints and DocBins before any clock runs
-    docbin("train")
-    docbin("dev")  # not timed: there for `spacy train --paths.dev` with the same conversion
+    conll_docbin("train")
     rounds = []
     for size in sizes:
         steps = args.steps or (QUICK_STEPS if args.quick else DEFAULT_STEPS.get(size, 10))

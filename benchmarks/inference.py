@@ -1,15 +1,18 @@
-"""Inference benchmark (issue 5a): words/s of `nlp.pipe` over IMDB test reviews, `bert_encoder`
-vs spacy-transformers' `transformer` with the same Hugging Face BERT weights.
+"""Inference benchmark: words/s and achieved GFLOP/s of `nlp.pipe` over IMDB test reviews,
+`bert_encoder` vs spacy-transformers' `transformer` with the same Hugging Face BERT weights.
 
 Both arms produce one vector per token in `doc.tensor`: ours mean-pools word pieces itself; the
 peer gets spacy-transformers' own alignment + mean pooling (what `TransformerListener` with
 `reduce_mean` computes) as its `set_extra_annotations`. Docs are tokenized by spaCy before the
 clock starts, so the timings cover the encoder component only. Every arm runs in its own process
 (for a clean peak RSS); the driver interleaves them round by round on the same reviews and reports
-the median of the per-round ratios to the peer, so machine noise hits all arms alike.
+the median of the per-round ratios to the peer, so machine noise hits all arms alike. Model FLOPs
+are those of the encoder passes each arm ran (bert.flops on their real window lengths, the peer's
+overlapping spans included); the limit is torch's matrix-product speed at those shapes, measured
+by each arm's process in its precision (float32, bf16, or int8 for the dense products).
 
-    python benchmarks/inference.py            # default run, about 10 minutes on 2 busy cores
-    python benchmarks/inference.py --quick    # a smoke run of about a minute
+    python benchmarks/inference.py            # about 10 minutes on 2 busy cores
+    python benchmarks/inference.py --quick    # BERT-Mini, 40 reviews per arm: about 2 minutes
 """
 
 import argparse
@@ -24,28 +27,37 @@ import numpy
 import spacy
 from common import (
     Worker,
+    achieved,
     add_run_options,
+    arm_limit,
     checkpoint,
     drain,
+    header,
     imdb_texts,
     machine,
     markdown_table,
     memory_mib,
+    percent,
+    pipeline_meter,
     reset_peak_rss,
     run_once,
     serve,
+    set_threads,
 )
 from spacy.language import Language
 from spacy.tokens import Doc
 
+from spacy_bert_plugin.bert.flops import encoder_flops
+
 SCRIPT = Path(__file__).resolve()
 ARMS = ("ours", "peer", "ours-bf16", "ours-int8")
-# Our arms' [components.bert_encoder.model] settings.
+# Our arms' [components.bert_encoder.model] settings, and the precision of their products.
 OUR_SETTINGS: Dict[str, Dict[str, str]] = {
     "ours": {},
     "ours-bf16": {"autocast": "bf16"},
     "ours-int8": {"quantize": "int8"},
 }
+PRECISIONS = {"ours": "fp32", "peer": "fp32", "ours-bf16": "bf16", "ours-int8": "int8"}
 # Reviews per arm, by model size and batch size (batch size 1 is slower, so fewer docs).
 DEFAULT_DOCS = {("mini", 1): 100, ("mini", 64): 400, ("base", 1): 24, ("base", 64): 64}
 QUICK_DOCS = 40
@@ -54,9 +66,6 @@ CHECK_DOCS = {"mini": (100, 100), "base": (32, 50)}
 WARMUP_DOCS = 8
 SHORT_WORDS = 100  # "short" reviews fit in one window for both: the vectors must agree there
 MEAN_POOL_SETTER = "benchmarks.trf_mean_pool.v1"
-
-
-# ---- pipelines -------------------------------------------------------------------------------
 
 
 def ours_pipeline(size: str, settings: Optional[Dict[str, str]] = None) -> Language:
@@ -107,54 +116,51 @@ def strided_spans(window: int, stride: int) -> Dict[str, Any]:
     return {"@span_getters": "spacy-transformers.strided_spans.v1", "window": window, "stride": stride}
 
 
-def build(arm: str, size: str, spans: Dict[str, Any]) -> Language:
-    if arm == "peer":
-        return peer_pipeline(size, spans)
-    return ours_pipeline(size, OUR_SETTINGS[arm])
-
-
-# ---- workers (one process per arm) -----------------------------------------------------------
-
-
 class ArmWorker:
     """One arm, loaded once; times `nlp.pipe` over the slices of IMDB test the driver asks for."""
 
     def __init__(self, spec: Dict[str, Any]):
-        import torch
-
-        if spec["threads"]:
-            torch.set_num_threads(spec["threads"])
-        self.nlp = build(spec["arm"], spec["size"], strided_spans(spec["peer_window"], spec["peer_stride"]))
+        self.threads = set_threads(spec["threads"])
+        self.arm = spec["arm"]
+        if self.arm == "peer":
+            self.nlp = peer_pipeline(spec["size"], strided_spans(spec["peer_window"], spec["peer_stride"]))
+        else:
+            self.nlp = ours_pipeline(spec["size"], OUR_SETTINGS[self.arm])
+        self.meter = pipeline_meter(self.nlp)
         self.texts = imdb_texts("test", spec["n_docs"])
         for _ in self.nlp.pipe(self.texts[:WARMUP_DOCS]):
             pass
+        self.meter.take()
         self.load_rss, self.load_peak = memory_mib()["VmRSS"], memory_mib()["VmHWM"]
-        self.threads = torch.get_num_threads()
         reset_peak_rss()  # from here on, VmHWM is the peak while the timed rounds run
 
     def handle(self, request: Dict[str, Any]) -> Dict[str, Any]:
         if request.get("memory"):
-            pipe_peak = memory_mib()["VmHWM"]
             return {
                 "load_rss_mib": self.load_rss,
                 "load_peak_mib": self.load_peak,
-                "pipe_peak_mib": pipe_peak,
+                "pipe_peak_mib": memory_mib()["VmHWM"],
+                "threads": self.threads,
+                "limit_gflops": arm_limit(self.meter, PRECISIONS[self.arm]),
             }
         docs = [self.nlp.make_doc(text) for text in self.texts[request["start"] : request["end"]]]
         words = sum(len(doc) for doc in docs)
         wall, cpu = time.perf_counter(), time.process_time()
         for _ in self.nlp.pipe(drain(docs), batch_size=request["batch_size"]):
             pass
-        return {"words": words, "wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        return {
+            "words": words,
+            "wall": wall,
+            "cpu": cpu,
+            "flops": encoder_flops(self.meter.config, self.meter.take()),
+        }
 
 
 def compare(spec: Dict[str, Any]) -> Dict[str, Any]:
     """Vectors: ours vs the peer on short reviews (one window each, the whole doc as the peer's
     span), and ours in bf16 and in int8 vs fp32 on the benchmark's first reviews."""
-    import torch
-
-    if spec["threads"]:
-        torch.set_num_threads(spec["threads"])
+    set_threads(spec["threads"])
     size = spec["size"]
     ours = ours_pipeline(size)
     pieces = ours.get_pipe("bert_encoder").model.attrs["pieces"]
@@ -197,9 +203,6 @@ def vector_agreement(fp32: numpy.ndarray, other: numpy.ndarray) -> Dict[str, flo
     }
 
 
-# ---- driver ----------------------------------------------------------------------------------
-
-
 def measure_size(
     size: str, arms: List[str], batch_sizes: List[int], args: argparse.Namespace
 ) -> List[Dict[str, Any]]:
@@ -228,45 +231,44 @@ def measure_size(
             line = ", ".join(f"{r['arm']} {r['words'] / r['wall']:,.0f}" for r in rounds[-len(arms) :])
             print(f"{size} batch {batch_size} round {i}: words/s {line}", file=sys.stderr, flush=True)
     for arm, worker in workers.items():
-        memory = worker.ask({"memory": True})
-        rounds.append(dict(memory, arm=arm, size=size, threads=worker.ready["threads"]))
+        rounds.append(dict(worker.ask({"memory": True}), arm=arm, size=size))
         worker.close()
     return rounds
 
 
 def summarize(rounds: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Per size, batch size and arm: words/s over all rounds, and the median over rounds of the
-    paired ratio to the peer (wall clock and CPU time)."""
+    """Per size, batch size and arm: words/s and GFLOP/s over all rounds, and the median over
+    rounds of the paired ratio to the peer (wall clock and CPU time)."""
     memory = {(r["size"], r["arm"]): r for r in rounds if "pipe_peak_mib" in r}
     timed = [r for r in rounds if "wall" in r]
     rows = []
     for size, batch_size, arm in dict.fromkeys((r["size"], r["batch_size"], r["arm"]) for r in timed):
-        mine = [r for r in timed if (r["size"], r["batch_size"], r["arm"]) == (size, batch_size, arm)]
-        peer = {
-            r["round"]: r
-            for r in timed
-            if (r["size"], r["batch_size"], r["arm"]) == (size, batch_size, "peer")
-        }
-        words = sum(r["words"] for r in mine)
+        key = (size, batch_size)
+        mine = [r for r in timed if (r["size"], r["batch_size"], r["arm"]) == (*key, arm)]
+        peer = {r["round"]: r for r in timed if (r["size"], r["batch_size"], r["arm"]) == (*key, "peer")}
         ratio = {
             clock: statistics.median(peer[r["round"]][clock] / r[clock] for r in mine)
             if peer
             else float("nan")
             for clock in ("wall", "cpu")
         }
+        words, wall = sum(r["words"] for r in mine), sum(r["wall"] for r in mine)
+        info = memory[size, arm]
         rows.append(
             {
                 "size": size,
                 "batch_size": batch_size,
                 "arm": arm,
                 "words": words,
-                "words_per_s": words / sum(r["wall"] for r in mine),
-                "cpu_words_per_s": words / sum(r["cpu"] for r in mine),
+                "words_per_s": words / wall,
                 "ratio_wall": ratio["wall"],
                 "ratio_cpu": ratio["cpu"],
+                **achieved(
+                    sum(r["flops"] for r in mine), wall, sum(r["cpu"] for r in mine), info["limit_gflops"]
+                ),
                 **{
-                    key: memory[size, arm][key]
-                    for key in ("load_rss_mib", "load_peak_mib", "pipe_peak_mib", "threads")
+                    k: info[k]
+                    for k in ("load_rss_mib", "load_peak_mib", "pipe_peak_mib", "threads", "limit_gflops")
                 },
             }
         )
@@ -293,7 +295,7 @@ def main() -> None:
             serve({}, lambda _request: compare(spec))
         else:
             arm = ArmWorker(spec)
-            serve({"threads": arm.threads}, arm.handle)
+            serve({}, arm.handle)
         return
 
     info = machine()  # the commit measured, before any run
@@ -308,14 +310,13 @@ def main() -> None:
         spec = dict(
             task="compare", size=size, n_docs=n_docs, n_short=n_short, scan_docs=3000, threads=args.threads
         )
-        checks.append(run_once(SCRIPT, spec, {}))
+        checks.append(run_once(SCRIPT, spec))
     print(report(summarize(rounds), checks, info))
     if args.json:
         args.json.write_text(json.dumps({"machine": info, "rounds": rounds, "checks": checks}, indent=2))
 
 
 def report(rows: List[Dict[str, Any]], checks: List[Dict[str, Any]], info: Dict[str, str]) -> str:
-    header = f"{info['date']}, commit {info['commit']}, {info['machine']}, torch threads {rows[0]['threads']}"
     speed = markdown_table(
         [
             "size",
@@ -325,8 +326,10 @@ def report(rows: List[Dict[str, Any]], checks: List[Dict[str, Any]], info: Dict[
             "words/s",
             "vs peer (wall)",
             "vs peer (CPU)",
+            "GFLOP/s",
+            "limit GFLOP/CPU-s",
+            "share of limit",
             "RSS after load MiB",
-            "load peak MiB",
             "pipe peak MiB",
         ],
         [
@@ -338,46 +341,34 @@ def report(rows: List[Dict[str, Any]], checks: List[Dict[str, Any]], info: Dict[
                 r["words_per_s"],
                 f"{r['ratio_wall']:.2f}x",
                 f"{r['ratio_cpu']:.2f}x",
+                f"{r['gflops']:.1f}",
+                f"{r['limit_gflops']:.1f}",
+                percent(r["share"]),
                 r["load_rss_mib"],
-                r["load_peak_mib"],
                 r["pipe_peak_mib"],
             ]
             for r in rows
         ],
     )
+    names = ("bf16", "int8")
     vectors = markdown_table(
+        ["size", "short docs", "same pieces", "max abs vs peer"]
+        + [f"{name} {what}" for name in names for what in ("max abs", "min cos", "mean cos")],
         [
-            "size",
-            "short docs",
-            "same pieces",
-            "max abs vs peer",
-            "bf16 max abs",
-            "bf16 min cos",
-            "bf16 mean cos",
-            "int8 max abs",
-            "int8 min cos",
-            "int8 mean cos",
-        ],
-        [
-            [
-                c["size"],
-                c["short_docs"],
-                c["same_pieces"],
-                f"{c['max_abs_vs_peer']:.2e}",
-                *(
-                    cell
-                    for name in ("bf16", "int8")
-                    for cell in (
-                        f"{c[f'{name}_max_abs']:.2e}",
-                        f"{c[f'{name}_min_cosine']:.6f}",
-                        f"{c[f'{name}_mean_cosine']:.7f}",
-                    )
-                ),
+            [c["size"], c["short_docs"], c["same_pieces"], f"{c['max_abs_vs_peer']:.2e}"]
+            + [
+                cell
+                for name in names
+                for cell in (
+                    f"{c[f'{name}_max_abs']:.2e}",
+                    f"{c[f'{name}_min_cosine']:.6f}",
+                    f"{c[f'{name}_mean_cosine']:.7f}",
+                )
             ]
             for c in checks
         ],
     )
-    return f"\n{header}\n\n{speed}\n\n{vectors}"
+    return f"\n{header(info, rows[0]['threads'])}\n\n{speed}\n\n{vectors}"
 
 
 if __name__ == "__main__":

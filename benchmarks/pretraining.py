@@ -1,186 +1,144 @@
-"""Pretraining benchmark (issue 5c): tokens/s of `spacy bert-pretrain` vs a plain Hugging Face loop.
+"""Pretraining benchmark: pieces/s and achieved GFLOP/s of `spacy bert-pretrain` vs a plain
+Hugging Face loop, with the same model shape, text, vocabulary and batch size.
 
-Both arms train the same model shape (BERT-Mini, 4 x 256, by default) from scratch on the same
-IMDB train reviews with the same WordPiece vocabulary (the one `spacy bert-pretrain` learns from
-the text), sequence length 128, batches of 4096 pieces (32 full-length sequences):
-
-* ours: `spacy_bert_plugin.pretraining.pretrain` (what `python -m spacy bert-pretrain
-  configs/pretrain.cfg OUT --paths.raw_text X.jsonl ...` runs) with the default objectives
-  (whole-word MLM at 15 % + NSP), length-bucketed batches of `batch_tokens = 4096`, set up as the
-  CLI does and stepped through the loop's own `Trainer.train_step`; the vocabulary and piece cache
-  are built once before any clock runs. A separate check runs the unmodified loop alone and reads
-  tokens_per_s from its log.jsonl (logged every step, warm-up steps dropped).
+* ours: the trainer `spacy bert-pretrain configs/pretrain.cfg` runs (`pretraining.build_trainer`,
+  stepped with `Trainer.step`), its default objectives (whole-word MLM at 15 % + NSP) and
+  length-bucketed batches of `batch_tokens` pieces. A separate check runs `pretrain()` alone and
+  reads pieces/s from its log.jsonl (logged every step, warm-up steps dropped).
 * hf: the `run_mlm.py`-style loop: `BertTokenizerFast`, texts grouped into 128-piece blocks,
   `DataCollatorForLanguageModeling(mlm_probability=0.15)`, `transformers.BertForPreTraining`
-  (MLM + NSP loss; the NSP labels are random, which costs the same as real pairs), torch AdamW
-  with the same decay groups, linear warmup schedule, gradient clipping at 1.0, 32 blocks per step.
+  (MLM + NSP loss; random NSP labels cost the same as real pairs), torch AdamW with the same decay
+  groups, linear warmup, gradient clipping at 1.0, batch_tokens / 128 blocks per step.
 
-Tokens are real pieces ([CLS]/[SEP] included, padding not). Per round and precision both arms
-live in one process and take one step each in turn (who goes first alternates), so each pair of
-steps saw the same machine load; the table gives medians over rounds and the ratio ours/HF as the
-median of the paired per-step ratios. `--profile` instead shows where ours' step goes.
+Both train BERT-Mini (4 x 256) from scratch by default on IMDB train reviews, with the vocabulary
+ours learns from them. Pieces are real pieces ([CLS]/[SEP] included, padding not). Per round and
+precision both arms live in one process and take one step each in turn (who goes first
+alternates), so each pair of steps saw the same machine load: the table gives medians over rounds
+and the ratio ours/HF as the median of the paired per-step ratios. Model FLOPs (bert.flops: both
+arms counted alike, the MLM head at the masked positions) over the step time give the achieved
+GFLOP/s; the limit is torch's matrix-product speed at the step's shapes, forward and backward,
+measured in the same process and precision. `--profile` shows where ours' step goes instead.
 
-    python benchmarks/pretraining.py            # default run, ~6 minutes on a busy 2-core machine
-    python benchmarks/pretraining.py --quick    # a smoke run of about 2 minutes
-    python benchmarks/pretraining.py --profile  # phases and aten ops of ours' step
+    python benchmarks/pretraining.py            # about 6 minutes on a busy 2-core machine
+    python benchmarks/pretraining.py --quick    # one round of 4 steps, about 2 minutes
+    python benchmarks/pretraining.py --profile  # ours' step by phase and aten op
 """
 
 import argparse
-import gzip
 import io
 import json
-import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Dict, List
 
-from common import CACHE_DIR, IMDB_DIR, machine, markdown_table, memory_mib
+from common import (
+    CACHE_DIR,
+    IMDB_DIR,
+    SIZES,
+    TIMED_RUN,
+    EncoderMeter,
+    achieved,
+    effective_precision,
+    header,
+    imdb_texts,
+    log,
+    log_windows,
+    machine,
+    markdown_table,
+    matmul_limit,
+    memory_mib,
+    model_gemms,
+    percent,
+    pretraining_config,
+    read_log,
+    register_plugin,
+    run_once,
+    serve,
+    set_threads,
+    write_texts,
+)
+
+from spacy_bert_plugin.bert.config import BertConfig
+from spacy_bert_plugin.bert.flops import pretraining_flops
 
 SCRIPT = Path(__file__).resolve()
-REPO = SCRIPT.parent.parent
-CONFIG = REPO / "configs" / "pretrain.cfg"
 WORK_DIR = CACHE_DIR / "pretraining"
-SIZES = {
-    "mini": dict(hidden_width=256, num_layers=4, num_heads=4, intermediate_width=1024),
-    "base": dict(hidden_width=768, num_layers=12, num_heads=12, intermediate_width=3072),
-}
 ARMS = ("ours", "hf")
 SEQ_LENGTH = 128
+MASK_RATE = 0.15  # both arms (configs/pretrain.cfg and the collator)
 
 
-# ---- data --------------------------------------------------------------------------------------
-
-
-def corpus_file(n_docs: int) -> Path:
-    """The first n_docs IMDB train reviews as a .jsonl corpus (written once: its size and mtime
-    key the pretraining caches)."""
-    path = WORK_DIR / f"imdb-train-{n_docs}.jsonl"
-    if not path.exists():
-        WORK_DIR.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        with gzip.open(IMDB_DIR / "train.jsonl.gz", "rt", encoding="utf8") as src, tmp.open("w") as out:
-            for i, line in enumerate(src):
-                if i >= n_docs:
-                    break
-                out.write(json.dumps({"text": json.loads(line)["text"]}) + "\n")
-        tmp.replace(path)
-    return path
-
-
-def ours_config(spec: Dict[str, Any], out_dir: Path, max_steps: int):
-    from spacy import util
-
+def ours_config(spec: Dict[str, Any], max_steps: int):
     overrides = {
-        "paths.raw_text": spec["corpus"],
         "components.bert_encoder.vocab_size": spec["vocab_size"],
         "bert_pretraining.max_steps": max_steps,
         "bert_pretraining.max_length": SEQ_LENGTH,
         "bert_pretraining.batch_tokens": spec["batch_tokens"],
         "bert_pretraining.log_every": 1,
-        "bert_pretraining.eval_every": 10**9,  # evaluation and saving only after the last step,
-        "bert_pretraining.save_every": 10**9,  # outside the measured window
-        "bert_pretraining.eval_batches": 1,
-        "bert_pretraining.cache_dir": str(WORK_DIR / "cache"),
+        "bert_pretraining.threads": spec.get("threads") or None,
+        "bert_pretraining.n_process": spec.get("n_process", 1),
+        "bert_pretraining.cache_dir": spec.get("cache_dir", str(WORK_DIR / "cache")),
         "bert_pretraining.autocast": "bf16" if spec["precision"] == "bf16" else None,
-        "bert_pretraining.compile": bool(spec.get("compile", False)),
+        "bert_pretraining.compile": bool(spec.get("compile")),
+        **TIMED_RUN,
     }
-    shape = spec.get("shape") or SIZES[spec["size"]]
-    overrides.update({f"components.bert_encoder.model.{k}": v for k, v in shape.items()})
-    return util.load_config(CONFIG, overrides=overrides, interpolate=False)
+    return pretraining_config(Path(spec["corpus"]), overrides, spec.get("shape") or SIZES[spec["size"]])
 
 
-def vocab_file(spec: Dict[str, Any]) -> Path:
-    """The vocabulary `bert-pretrain` learnt from the corpus (see pretraining.loop._learned_vocab)."""
-    corpus = Path(spec["corpus"])
-    found = sorted(
-        (WORK_DIR / "cache").glob(
-            f"vocab-{spec['vocab_size']}-1-{corpus.stat().st_size}-*/{corpus.name}/vocab.txt"
-        )
-    )
-    if not found:
-        sys.exit(f"no learnt vocabulary for {corpus} under {WORK_DIR / 'cache'}: the preparation step failed")
-    return found[-1]
-
-
-def hf_blocks(spec: Dict[str, Any]) -> Path:
-    """run_mlm.py's preprocessing: tokenize every text ([CLS] ... [SEP]), concatenate, cut into
-    SEQ_LENGTH blocks. Cached as an int32 .npy."""
+def prepare(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """Build ours' vocabulary and piece cache (the trainer's setup), then HF's blocks: the
+    run_mlm.py preprocessing (tokenize with [CLS] ... [SEP], concatenate, cut into 128-piece blocks)."""
     import numpy
     from transformers import BertTokenizerFast
 
-    vocab = vocab_file(spec)
-    path = WORK_DIR / f"hf-blocks-{Path(spec['corpus']).stem}-{spec['vocab_size']}-{SEQ_LENGTH}.npy"
-    if path.exists() and path.stat().st_mtime >= vocab.stat().st_mtime:
-        return path
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    from spacy_bert_plugin.pretraining import build_trainer
+
+    work = Path(spec["work_dir"])
+    start = time.perf_counter()
+    trainer = build_trainer(ours_config(spec, 1), work / "prepare", stdout=io.StringIO(), dry_run=True)
+    (work / "vocab").mkdir(parents=True, exist_ok=True)
+    trainer.pieces.to_disk(work / "vocab")
+    seconds = time.perf_counter() - start
+    tokenizer = BertTokenizerFast(vocab_file=str(work / "vocab" / "vocab.txt"), do_lower_case=True)
     texts = [json.loads(line)["text"] for line in Path(spec["corpus"]).open(encoding="utf8")]
     ids = tokenizer(texts, return_attention_mask=False, return_token_type_ids=False)["input_ids"]
     flat = numpy.fromiter((i for doc in ids for i in doc), dtype=numpy.int32)
     n_blocks = len(flat) // SEQ_LENGTH
-    numpy.save(path, flat[: n_blocks * SEQ_LENGTH].reshape(n_blocks, SEQ_LENGTH))
-    return path
-
-
-# ---- workers (one process each) ----------------------------------------------------------------
-
-
-def run_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
-    """Run this script with `--worker SPEC` in a fresh interpreter; its last stdout line is the result."""
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--worker", json.dumps(spec)],
-        stdout=subprocess.PIPE,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        sys.exit(f"benchmark worker failed ({proc.returncode}) for {spec}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def prepare(spec: Dict[str, Any]) -> Dict[str, Any]:
-    """Build ours' vocabulary and piece cache with a one-step run, then the HF blocks."""
-    from spacy_bert_plugin.pretraining import pretrain
-
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        pretrain(ours_config(spec, Path(tmp), 1), Path(tmp) / "out", stdout=io.StringIO())
-        seconds = time.perf_counter() - start
-    blocks = hf_blocks(spec)
-    return {"vocab": str(vocab_file(spec)), "blocks": str(blocks), "prepare_s": seconds}
-
-
-def capture_trainer(config, out_dir: Path, gpu_id: int = -1):
-    """`pretrain()` as the CLI calls it, with `Trainer.run` intercepted: the real setup
-    (vocabulary, piece cache, model, optimizer, batch stream) happens, and the Trainer is returned
-    instead of run, so a benchmark can call its `train_step` itself."""
-    from spacy_bert_plugin.pretraining import loop
-
-    captured = []
-    original = loop.Trainer.run
-    loop.Trainer.run = lambda trainer, interrupted: captured.append(trainer)
-    try:
-        loop.pretrain(config, out_dir, gpu_id=gpu_id, stdout=io.StringIO())
-    finally:
-        loop.Trainer.run = original
-    return captured[0]
+    numpy.save(work / "hf-blocks.npy", flat[: n_blocks * SEQ_LENGTH].reshape(n_blocks, SEQ_LENGTH))
+    return {
+        "vocab": str(work / "vocab" / "vocab.txt"),
+        "blocks": str(work / "hf-blocks.npy"),
+        "prepare_s": seconds,
+    }
 
 
 class OursArm:
-    """Our pretraining step: the loop's own `Trainer.train_step` (what `Trainer.run` calls every
-    step; `run` only adds logging and the evaluations/saves that we push past the measured steps)."""
+    """Our trainer, one `Trainer.step` per call; hooks on its encoder and heads count the model FLOPs."""
 
-    def __init__(self, spec: Dict[str, Any], config=None, gpu_id: int = -1):
+    def __init__(self, spec: Dict[str, Any], gpu_id: int = -1):
+        from spacy_bert_plugin.pretraining import build_trainer
+
         self.tmp = Path(tempfile.mkdtemp(prefix="bench-pretrain-"))
-        self.trainer = capture_trainer(config or ours_config(spec, self.tmp, 10**6), self.tmp / "out", gpu_id)
+        self.trainer = build_trainer(
+            ours_config(spec, 10**6), self.tmp / "out", gpu_id=gpu_id, stdout=io.StringIO(), dry_run=True
+        )
+        model = self.trainer.model
+        self.config: BertConfig = model.config
+        self.meter = EncoderMeter(model.encoder, model.config)
+        self.masked, self.pairs = [0], [0]
+        model.mlm_head.register_forward_pre_hook(lambda _m, args: self.masked.append(args[0].shape[0]))
+        model.nsp_head.register_forward_pre_hook(lambda _m, args: self.pairs.append(args[0].shape[0]))
 
-    def step(self) -> int:
-        metrics, tokens = self.trainer.train_step()
-        return tokens
+    def step(self) -> Dict[str, Any]:
+        before = self.trainer.state["tokens"]
+        self.trainer.step()
+        lengths = self.meter.take()
+        flops = pretraining_flops(self.config, lengths, sum(self.masked), sum(self.pairs))
+        self.masked, self.pairs = [0], [0]
+        return {"tokens": self.trainer.state["tokens"] - before, "flops": flops, "rows": sum(lengths)}
 
     def close(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -189,50 +147,44 @@ class OursArm:
 class HFArm:
     """The run_mlm.py-style loop: collator (dynamic masking) + BertForPreTraining + AdamW."""
 
-    def __init__(self, spec: Dict[str, Any]):
+    def __init__(self, spec: Dict[str, Any], device: str = "cpu"):
         import numpy
         import torch
-        from transformers import (
-            BertConfig,
-            BertForPreTraining,
-            BertTokenizerFast,
-            DataCollatorForLanguageModeling,
-            get_linear_schedule_with_warmup,
-        )
+        import transformers
 
         self.torch = torch
         torch.manual_seed(0)
-        tokenizer = BertTokenizerFast(vocab_file=spec["vocab"], do_lower_case=True)
-        self.collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15, return_tensors="pt")
-        shape = spec.get("shape") or SIZES[spec["size"]]
-        config = BertConfig(
-            vocab_size=len(tokenizer.vocab),
-            hidden_size=shape["hidden_width"],
-            num_hidden_layers=shape["num_layers"],
-            num_attention_heads=shape["num_heads"],
-            intermediate_size=shape["intermediate_width"],
-            max_position_embeddings=512,
-            pad_token_id=tokenizer.pad_token_id,
+        tokenizer = transformers.BertTokenizerFast(vocab_file=spec["vocab"], do_lower_case=True)
+        self.collator = transformers.DataCollatorForLanguageModeling(
+            tokenizer, mlm_probability=MASK_RATE, return_tensors="pt"
         )
-        self.model = BertForPreTraining(config).to(spec.get("device", "cpu")).train()
+        shape = spec.get("shape") or SIZES[spec["size"]]
+        self.config = BertConfig(
+            vocab_size=len(tokenizer.vocab), pad_token_id=tokenizer.pad_token_id, **shape
+        )
+        hf_config = transformers.BertConfig(**self.config.to_hf())
+        self.model = transformers.BertForPreTraining(hf_config).to(device).train()
         self.device = next(self.model.parameters()).device
-        no_decay = [p for p in self.model.parameters() if p.ndim < 2]
-        decay = [p for p in self.model.parameters() if p.ndim >= 2]
+        params = list(self.model.parameters())
         self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+            [
+                {"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.01},
+                {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+            ],
             lr=5e-4,
             betas=(0.9, 0.999),
             eps=1e-6,
             fused=self.device.type == "cuda",
         )
-        self.schedule = get_linear_schedule_with_warmup(self.optimizer, 100, 2000)
+        self.schedule = transformers.get_linear_schedule_with_warmup(self.optimizer, 100, 2000)
         self.blocks = numpy.load(spec["blocks"])
         self.rows = spec["batch_tokens"] // SEQ_LENGTH
         self.order = numpy.random.default_rng(0).permutation(len(self.blocks))
         self.bf16 = spec["precision"] == "bf16"
+        self.meter = EncoderMeter(self.model.bert, self.config)
         self.n = 0
 
-    def step(self) -> int:
+    def step(self) -> Dict[str, Any]:
         torch = self.torch
         start = (self.n * self.rows) % max(1, len(self.order) - self.rows)
         chosen = self.order[start : start + self.rows]
@@ -241,219 +193,138 @@ class HFArm:
         batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
         nsp_labels = torch.randint(0, 2, (len(chosen),), device=self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            out = self.model(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                labels=batch["labels"],
-                next_sentence_label=nsp_labels,
-            )
+            out = self.model(**batch, next_sentence_label=nsp_labels)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
         self.schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
         float(out.loss.detach())  # a logger reads the loss; ours reads its metrics every step
-        return int(batch["attention_mask"].sum())
+        lengths = self.meter.take()
+        n_masked = int((batch["labels"] != -100).sum())
+        flops = pretraining_flops(self.config, lengths, n_masked, len(chosen))
+        return {"tokens": int(batch["attention_mask"].sum()), "flops": flops, "rows": sum(lengths)}
 
     def close(self) -> None:
         pass
 
 
-def measure_paired(spec: Dict[str, Any]) -> Dict[str, Any]:
-    """Both arms in one process, one step each in turn (who goes first alternates), so each
-    ours/HF pair of steps saw the same machine load."""
-    import torch
+def limits(
+    config: BertConfig, rows: float, precisions: Dict[str, str], device: str = "cpu"
+) -> Dict[str, float]:
+    """GFLOP/s of matrix products at a pretraining step's shapes, per arm's effective precision."""
+    gemms = model_gemms(config, rows, SEQ_LENGTH, rows * MASK_RATE, training=True)
+    measured = {p: matmul_limit(gemms, p, device) for p in set(precisions.values())}
+    return {arm: measured[p] for arm, p in precisions.items()}
 
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
+
+def timed_step(arm) -> Dict[str, Any]:
+    start, cpu = time.perf_counter(), time.process_time()
+    step = arm.step()  # ends in float(loss): synchronized on a GPU
+    return dict(step, seconds=time.perf_counter() - start, cpu=time.process_time() - cpu)
+
+
+def summarize_steps(steps: List[Dict[str, Any]], limit: float, device: str = "cpu") -> Dict[str, Any]:
+    """Pieces/s, FLOPs per piece, achieved GFLOP/s and share of the limit (by CPU time on a CPU,
+    by the wall clock on a GPU) of timed steps."""
+    tokens, flops, seconds = (sum(s[key] for s in steps) for key in ("tokens", "flops", "seconds"))
+    cpu = sum(s["cpu"] for s in steps) if device == "cpu" else seconds
+    return {
+        "steps": steps,
+        "tokens_per_s": tokens / seconds,
+        "flops_per_token": flops / tokens,
+        "limit_gflops": limit,
+        **achieved(flops, seconds, cpu, limit),
+    }
+
+
+def measure_paired(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """Both arms in one process, one step each in turn (who goes first alternates)."""
+    threads = set_threads(spec["threads"])
     arms = {"ours": OursArm(spec), "hf": HFArm(spec)}
-    times: Dict[str, List[float]] = {name: [] for name in arms}
-    cpu: Dict[str, List[float]] = {name: [] for name in arms}
-    tokens: Dict[str, List[int]] = {name: [] for name in arms}
+    steps: Dict[str, List[Dict[str, Any]]] = {name: [] for name in arms}
     for i in range(spec["warmup"] + spec["steps"]):
         for name in ARMS if i % 2 == 0 else ARMS[::-1]:
-            start, start_cpu = time.perf_counter(), time.process_time()
-            n = arms[name].step()
-            times[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - start_cpu)
-            tokens[name].append(n)
+            steps[name].append(timed_step(arms[name]))
+    precisions = {"ours": effective_precision(spec["precision"]), "hf": spec["precision"]}
+    limit = limits(arms["ours"].config, statistics.mean(s["rows"] for s in steps["ours"]), precisions)
     for arm in arms.values():
         arm.close()
-    w = spec["warmup"]
-    result = {**spec, "threads": torch.get_num_threads(), "peak_mib": memory_mib()["VmHWM"]}
+    result = {**spec, "threads": threads, "peak_mib": memory_mib()["VmHWM"], "precisions": precisions}
     for name in arms:
-        result[name] = {
-            "tokens": tokens[name][w:],
-            "seconds": times[name][w:],
-            "cpu_seconds": cpu[name][w:],
-            "tokens_per_s": sum(tokens[name][w:]) / sum(times[name][w:]),
-            "tokens_per_cpu_s": sum(tokens[name][w:]) / sum(cpu[name][w:]),
-        }
+        result[name] = summarize_steps(steps[name][spec["warmup"] :], limit[name])
     result["pair_ratios"] = [
-        (to / so) / (th / sh)
-        for to, so, th, sh in zip(tokens["ours"][w:], times["ours"][w:], tokens["hf"][w:], times["hf"][w:])
+        (o["tokens"] / o["seconds"]) / (h["tokens"] / h["seconds"])
+        for o, h in zip(result["ours"]["steps"], result["hf"]["steps"])
     ]
     return result
 
 
 def measure_cli(spec: Dict[str, Any]) -> Dict[str, Any]:
-    """The unmodified loop (`pretrain`, as the CLI runs it) alone, tokens/s from its log.jsonl
-    (one record per step; warm-up steps dropped): checks that the paired measurement of
-    `train_step` is what a user sees."""
-    import torch
-
+    """`pretrain()` alone, as the CLI runs it; pieces/s from its log.jsonl, warm-up steps dropped."""
     from spacy_bert_plugin.pretraining import pretrain
 
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
     tmp = Path(tempfile.mkdtemp(prefix="bench-pretrain-"))
     try:
-        pretrain(ours_config(spec, tmp, spec["warmup"] + spec["steps"]), tmp / "out", stdout=io.StringIO())
-        records = [json.loads(line) for line in (tmp / "out" / "log.jsonl").read_text().splitlines()]
+        pretrain(ours_config(spec, spec["warmup"] + spec["steps"]), tmp / "out", stdout=io.StringIO())
+        windows = log_windows(read_log(tmp / "out" / "log.jsonl"))[spec["warmup"] :]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    tokens, seconds, previous = [], [], 0
-    for record in (r for r in records if "tokens_per_s" in r):  # log_every = 1; `tokens` is cumulative
-        tokens.append(record["tokens"] - previous)
-        seconds.append(tokens[-1] / record["tokens_per_s"])
-        previous = record["tokens"]
-    w = spec["warmup"]
-    return {**spec, "tokens_per_s": sum(tokens[w:]) / sum(seconds[w:]), "threads": torch.get_num_threads()}
+    return {**spec, "tokens_per_s": sum(t for t, _ in windows) / sum(s for _, s in windows)}
 
 
-# ---- profile ------------------------------------------------------------------------------------
-
-# aten ops grouped into what the time is spent on (by self CPU time; the first matching group wins).
-OP_GROUPS = [
-    (
-        "matmul (linear/mm/bmm)",
-        ("addmm", "aten::mm", "bmm", "matmul", "linear", "baddbmm", "mkldnn", "onednn"),
-    ),
-    ("attention kernel (sdpa)", ("scaled_dot_product", "flash_attention", "_efficient_attention")),
-    ("softmax", ("softmax",)),
-    ("dropout RNG + masks", ("bernoulli", "dropout", "native_dropout")),
-    ("gelu", ("gelu",)),
-    ("layer norm", ("layer_norm",)),
-    ("embedding", ("embedding",)),
-    ("loss (log_softmax/nll/argmax)", ("log_softmax", "nll_loss", "cross_entropy", "argmax")),
-    (
-        "optimizer + grad clip (foreach/elementwise on params)",
-        ("_foreach", "addcdiv", "lerp", "sqrt", "norm"),
-    ),
-    ("copies/casts", ("copy_", "to_copy", "_to_copy", "clone", "contiguous", "cat")),
-    (
-        "elementwise add/mul/div",
-        ("aten::add", "aten::mul", "aten::div", "aten::sub", "aten::where", "aten::tanh"),
-    ),
-    ("index/select/scatter", ("index", "gather", "scatter", "select_backward", "embedding_dense")),
-    ("zeros/fill/empty", ("zero", "fill", "empty", "full", "ones")),
-]
-_ABSENT = object()
-PHASES = (
-    "data: next(stream) make_instances/bucketing",
-    "data: build_batch",
-    "data: MLM masking (prepare)",
-    "data: to tensors",
-    "forward (encoder)",
-    "forward (MLM head + loss)",
-    "forward (NSP head + loss)",
-    "backward",
-    "grad clip",
-    "optimizer step",
-)
+# aten ops grouped by what the time goes to (self CPU time; the first matching group wins).
+OP_GROUPS = {
+    "matmul": ("addmm", "aten::mm", "bmm", "matmul", "linear", "mkldnn", "onednn"),
+    "attention kernel": ("scaled_dot_product", "flash_attention", "_efficient_attention"),
+    "softmax, GELU, LayerNorm": ("softmax", "gelu", "layer_norm"),
+    "dropout": ("bernoulli", "dropout"),
+    "loss": ("log_softmax", "nll_loss", "cross_entropy", "argmax"),
+    "optimizer, grad clip": ("_foreach", "addcdiv", "lerp", "sqrt", "norm"),
+    "copies, casts": ("copy_", "_to_copy", "clone", "contiguous", "cat"),
+    "elementwise": ("aten::add", "aten::mul", "aten::div", "aten::sub", "aten::where", "aten::tanh"),
+    "index, embedding": ("index", "gather", "scatter", "embedding"),
+}
+PHASES = ("batch", "forward", "backward", "optimizer")  # the trainer's record_function ranges
 
 
-def instrument(trainer) -> Tuple[Dict[str, float], Callable[[], None]]:
-    """Wall-clock timers (and profiler labels) around the loop's own calls, by phase; returns the
-    dict they add to (seconds) and a function that takes the timers out again. Host time only:
-    on a GPU a phase's time is what the host spent."""
+def profile(spec: Dict[str, Any], gpu_id: int = -1) -> Dict[str, Any]:
+    """Where ours' step goes, under torch.profiler: the trainer's phases (host time), aten ops,
+    and on a GPU its kernels' time and busy share."""
     import torch
-    from torch.profiler import record_function
-
-    from spacy_bert_plugin.pretraining import loop, objectives
-
-    phase_s: Dict[str, float] = {name: 0.0 for name in PHASES}
-
-    def timed(name, func):
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            with record_function(name):
-                result = func(*args, **kwargs)
-            phase_s[name] += time.perf_counter() - start
-            return result
-
-        return wrapper
-
-    stream = trainer.stream
-    targets = [  # (owner, attribute, phase)
-        (trainer, "stream", PHASES[0]),
-        (loop, "build_batch", PHASES[1]),
-        (objectives.MaskedLanguageModel, "prepare", PHASES[2]),
-        (loop, "_to_tensors", PHASES[3]),
-        (trainer.model.encoder, "forward", PHASES[4]),
-        (objectives.MaskedLanguageModel, "loss", PHASES[5]),
-        (objectives.SegmentPairObjective, "loss", PHASES[6]),
-        (torch.Tensor, "backward", PHASES[7]),
-        (torch.nn.utils, "clip_grad_norm_", PHASES[8]),
-        (trainer.optimizer, "step", PHASES[9]),
-    ]
-    saved = [
-        (owner, name, owner.__dict__.get(name, _ABSENT) if hasattr(owner, "__dict__") else _ABSENT)
-        for owner, name, _ in targets
-    ]
-    for owner, name, phase in targets:
-        if owner is trainer:
-            setattr(owner, name, iter(timed(phase, lambda: next(stream)), None))
-        else:
-            setattr(owner, name, timed(phase, getattr(owner, name)))
-
-    def restore() -> None:
-        for owner, name, value in saved:
-            if value is _ABSENT:
-                delattr(owner, name)
-            else:
-                setattr(owner, name, value)
-
-    return phase_s, restore
-
-
-def group_ops(events, per: int) -> Dict[str, float]:
-    groups: Dict[str, float] = {}
-    for event in events:
-        group = next((g for g, keys in OP_GROUPS if any(k in event.key for k in keys)), "other aten")
-        groups[group] = groups.get(group, 0.0) + event.self_cpu_time_total / 1e6 / per
-    return dict(sorted(groups.items(), key=lambda kv: -kv[1]))
-
-
-def profile(spec: Dict[str, Any]) -> Dict[str, Any]:
-    """Where one step of ours goes: phases (timers around the loop's own calls) and aten ops."""
-    import torch
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity
 
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
-    arm = OursArm(spec)
-    phase_s, _ = instrument(arm.trainer)
+    set_threads(spec["threads"])
+    arm = OursArm(spec, gpu_id)
     for _ in range(spec["warmup"]):
         arm.step()
-    for name in phase_s:
-        phase_s[name] = 0.0
+    n, cuda = spec["steps"], gpu_id >= 0
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     start = time.perf_counter()
-    with torch.profiler.profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(spec["steps"]):
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(n):
             arm.step()
-    total = time.perf_counter() - start
+    step_s = (time.perf_counter() - start) / n
     arm.close()
-    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
-    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:15]
+    events = prof.key_averages()
+    ops = [e for e in events if e.key.startswith("aten::")]
+    groups: Dict[str, float] = {}
+    for event in ops:
+        group = next((g for g, keys in OP_GROUPS.items() if any(k in event.key for k in keys)), "other")
+        groups[group] = groups.get(group, 0.0) + event.self_cpu_time_total / 1e6 / n
+    kernels = [
+        (e.key, e.self_device_time_total / 1e6 / n) for e in events if e.device_type == DeviceType.CUDA
+    ]
+    top = sorted(ops, key=lambda e: -e.self_cpu_time_total)[:12]
     return {
         **spec,
-        "step_s": total / spec["steps"],
-        "phases_s": {k: v / spec["steps"] for k, v in phase_s.items()},
-        "op_groups_s": group_ops(events, spec["steps"]),
-        "top_ops": [
-            (e.key, e.count // spec["steps"], e.self_cpu_time_total / 1e6 / spec["steps"]) for e in top
-        ],
+        "step_s": step_s,
+        "phases_s": {e.key: e.cpu_time_total / 1e6 / n for e in events if e.key in PHASES},
+        "op_groups_s": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
+        "top_ops": [(e.key, e.count // n, e.self_cpu_time_total / 1e6 / n) for e in top],
+        "gpu_busy": sum(s for _, s in kernels) / step_s if cuda else None,
+        "top_kernels": sorted(kernels, key=lambda kv: -kv[1])[:10],
     }
 
 
@@ -461,41 +332,22 @@ def profile_report(results: List[Dict[str, Any]]) -> str:
     lines = []
     for r in results:
         step = r["step_s"]
-        lines += [
-            "",
-            f"### ours, {r['precision']}: {step:.2f} s/step (profiler on), "
-            f"{r['batch_tokens'] / step:,.0f} tokens/s",
-            "",
-        ]
+        lines += ["", f"ours, {r['precision']}: {step:.2f} s/step with the profiler on", ""]
+        for title, values in (("phase", r["phases_s"]), ("aten ops (self CPU time)", r["op_groups_s"])):
+            rows = [[k, v * 1e3, f"{100 * v / step:.1f}"] for k, v in values.items()]
+            lines += [markdown_table([title, "ms/step", "% of step"], rows), ""]
         lines.append(
             markdown_table(
-                ["phase", "ms/step", "% of step"],
-                [[k, v * 1e3, f"{100 * v / step:.1f}"] for k, v in r["phases_s"].items()],
-            )
-        )
-        lines.append("")
-        lines.append(
-            markdown_table(
-                ["aten ops (self CPU time)", "ms/step", "% of step"],
-                [[k, v * 1e3, f"{100 * v / step:.1f}"] for k, v in r["op_groups_s"].items()],
-            )
-        )
-        lines.append("")
-        lines.append(
-            markdown_table(
-                ["top aten op", "calls/step", "ms/step"], [[k, n, v * 1e3] for k, n, v in r["top_ops"]]
+                ["top aten op", "calls/step", "ms/step"], [[k, c, v * 1e3] for k, c, v in r["top_ops"]]
             )
         )
     return "\n".join(lines)
 
 
-# ---- driver ------------------------------------------------------------------------------------
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--size", default="mini", choices=sorted(SIZES), help="model shape (default: mini, 4 x 256)"
+        "--size", default="mini", choices=sorted(SIZES), help="model size (default mini, 4 x 256)"
     )
     parser.add_argument(
         "--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16 (CPU autocast)"
@@ -507,46 +359,30 @@ def main() -> None:
     parser.add_argument(
         "--vocab-size", type=int, default=8000, help="WordPiece vocabulary learnt from the corpus"
     )
-    parser.add_argument("--batch-tokens", type=int, default=4096, help="pieces per step (HF: /128 blocks)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="torch threads; default: 1 when the machine is already busy (load average above "
-        "cores - 0.5: then OpenMP's thread barriers stall on descheduled threads), else all cores",
-    )
-    parser.add_argument(
-        "--no-cli-check", action="store_true", help="skip the unpaired `pretrain()` + log.jsonl runs"
-    )
+    parser.add_argument("--batch-tokens", type=int, default=4096, help="pieces per step (HF: / 128 blocks)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, 0 for half the cores")
+    parser.add_argument("--no-cli-check", action="store_true", help="skip the `pretrain()` + log.jsonl runs")
     parser.add_argument("--quick", action="store_true", help="1 round of 4 steps, no CLI check")
-    parser.add_argument(
-        "--profile", action="store_true", help="profile ours' steps instead (phases, aten ops)"
-    )
+    parser.add_argument("--profile", action="store_true", help="profile ours' steps instead")
     parser.add_argument("--json", type=Path, help="also write all results to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
+        register_plugin()
         spec = json.loads(args.worker)
         task = {"prepare": prepare, "paired": measure_paired, "cli": measure_cli, "profile": profile}[
             spec["task"]
         ]
-        print(json.dumps(task(spec)), flush=True)
+        serve({}, lambda _request: task(spec))
         return
     if not (IMDB_DIR / "train.jsonl.gz").exists():
-        print(
-            f"skipped: IMDB train reviews not found at {IMDB_DIR / 'train.jsonl.gz'} (the shared data folder "
-            "../shared/data/imdb); this benchmark needs real text"
-        )
+        print(f"skipped: {IMDB_DIR / 'train.jsonl.gz'} not found; this benchmark needs real text")
         return
     if args.quick:
         args.rounds, args.steps, args.warmup, args.no_cli_check = 1, 4, 1, True
+    info = machine()
     precisions = args.precisions.split(",")
-    if not args.threads:
-        load, cores = os.getloadavg()[0], os.cpu_count() or 1
-        args.threads = 1 if load > cores - 0.5 else cores
-        log(
-            f"torch threads: {args.threads} (load average {load:.1f} on {cores} cores; set --threads to choose)"
-        )
+    work_dir = WORK_DIR / f"{args.docs}-{args.vocab_size}"
     base = dict(
         size=args.size,
         vocab_size=args.vocab_size,
@@ -554,105 +390,83 @@ def main() -> None:
         warmup=args.warmup,
         steps=args.steps,
         threads=args.threads,
-        corpus=str(corpus_file(args.docs)),
+        work_dir=str(work_dir),
+        corpus=str(write_texts(imdb_texts("train", args.docs), WORK_DIR / f"imdb-train-{args.docs}.jsonl")),
     )
-    prepared = run_worker(dict(base, task="prepare", precision="fp32"))
+    prepared = run_once(SCRIPT, dict(base, task="prepare", precision="fp32"))
     base.update(vocab=prepared["vocab"], blocks=prepared["blocks"])
     log(f"prepared vocabulary, piece cache and HF blocks in {prepared['prepare_s']:.0f} s")
     if args.profile:
-        results = [run_worker(dict(base, task="profile", precision=p)) for p in precisions]
+        results = [run_once(SCRIPT, dict(base, task="profile", precision=p)) for p in precisions]
+        print(header(info, args.threads, f"BERT-{args.size}"))
         print(profile_report(results))
-        if args.json:
-            args.json.write_text(
-                json.dumps({"machine": machine(), "profile": results}, indent=2, default=str)
-            )
         return
     runs: List[Dict[str, Any]] = []
     for round_ in range(args.rounds):
         for precision in precisions if round_ % 2 == 0 else precisions[::-1]:
-            result = run_worker(dict(base, task="paired", precision=precision, round=round_))
+            r = run_once(SCRIPT, dict(base, task="paired", precision=precision, round=round_))
             log(
-                f"round {round_} {precision}: ours {result['ours']['tokens_per_s']:,.0f} tokens/s, "
-                f"hf {result['hf']['tokens_per_s']:,.0f} tokens/s, "
-                f"pair ratio median {statistics.median(result['pair_ratios']):.2f}"
+                f"round {round_} {precision}: ours {r['ours']['tokens_per_s']:,.0f} pieces/s, "
+                f"hf {r['hf']['tokens_per_s']:,.0f} pieces/s, paired ratio {statistics.median(r['pair_ratios']):.2f}"
             )
-            runs.append(result)
+            runs.append(r)
     cli = []
     if not args.no_cli_check:
         for precision in precisions:
             cli.append(
-                run_worker(dict(base, task="cli", precision=precision, steps=max(2, args.steps * 3 // 4)))
+                run_once(
+                    SCRIPT, dict(base, task="cli", precision=precision, steps=max(2, args.steps * 3 // 4))
+                )
             )
-            log(f"bert-pretrain loop alone, {precision}: {cli[-1]['tokens_per_s']:,.0f} tokens/s (log.jsonl)")
-    info = machine()
+            log(f"bert-pretrain alone, {precision}: {cli[-1]['tokens_per_s']:,.0f} pieces/s (log.jsonl)")
     print(report(runs, cli, precisions, args, info))
     if args.json:
-        args.json.write_text(
-            json.dumps({"machine": info, "args": vars(args), "runs": runs, "cli": cli}, indent=2, default=str)
-        )
+        args.json.write_text(json.dumps({"machine": info, "runs": runs, "cli": cli}, indent=2, default=str))
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def quartiles(values: List[float]) -> str:
-    if len(values) < 4:
-        return f"{min(values):.2f}-{max(values):.2f}"
-    q = statistics.quantiles(values, n=4)
-    return f"{q[0]:.2f}-{q[2]:.2f}"
-
-
-def report(
-    runs: List[Dict[str, Any]],
-    cli: List[Dict[str, Any]],
-    precisions: List[str],
-    args: argparse.Namespace,
-    info: Dict[str, str],
-) -> str:
-    lines = [
-        f"{info['date']}, commit {info['commit']}, {info['machine']}, torch threads {runs[0]['threads']}; "
-        f"BERT-{args.size}, vocab {args.vocab_size}, sequence length {SEQ_LENGTH}, {args.batch_tokens} pieces/step; "
-        f"{args.rounds} round(s) x {args.steps} paired steps per precision (after {args.warmup} warm-up)",
-        "",
-    ]
+def report(runs: List[Dict[str, Any]], cli: List[Dict[str, Any]], precisions: List[str], args, info) -> str:
     rows = []
     for precision in precisions:
         rs = [r for r in runs if r["precision"] == precision]
-        speed = {arm: statistics.median(r[arm]["tokens_per_s"] for r in rs) for arm in ARMS}
-        step_s = {arm: statistics.median(s for r in rs for s in r[arm]["seconds"]) for arm in ARMS}
-        per_step = {arm: statistics.mean(t for r in rs for t in r[arm]["tokens"]) for arm in ARMS}
+        med = {
+            arm: {
+                k: statistics.median(r[arm][k] for r in rs)
+                for k in ("tokens_per_s", "gflops", "share", "limit_gflops")
+            }
+            for arm in ARMS
+        }
         ratios = [x for r in rs for x in r["pair_ratios"]]
         alone = [c["tokens_per_s"] for c in cli if c["precision"] == precision]
-        per_cpu = {arm: statistics.median(r[arm]["tokens_per_cpu_s"] for r in rs) for arm in ARMS}
         rows.append(
             [
                 precision,
-                speed["ours"],
-                speed["hf"],
+                " / ".join(rs[0]["precisions"][arm] for arm in ARMS),
+                med["ours"]["tokens_per_s"],
+                med["hf"]["tokens_per_s"],
                 f"**{statistics.median(ratios):.2f}x**",
-                quartiles(ratios),
-                f"{speed['ours'] / speed['hf']:.2f}x",
-                f"{per_cpu['ours'] / per_cpu['hf']:.2f}x",
-                f"{step_s['ours']:.2f} / {step_s['hf']:.2f}",
-                f"{per_step['ours']:,.0f} / {per_step['hf']:,.0f}",
+                f"{min(ratios):.2f}-{max(ratios):.2f}",
+                *(f"{med[arm]['gflops']:.1f} ({percent(med[arm]['share'])})" for arm in ARMS),
+                " / ".join(f"{med[arm]['limit_gflops']:.1f}" for arm in ARMS),
                 f"{alone[0]:,.0f}" if alone else "-",
             ]
         )
     headers = [
         "precision",
-        "ours tokens/s",
-        "HF tokens/s",
+        "products run in (ours / HF)",
+        "ours pieces/s",
+        "HF pieces/s",
         "ours/HF (median of paired steps)",
-        "IQR",
-        "ratio of medians",
-        "ratio per CPU-second",
-        "s/step ours / HF",
-        "tokens/step ours / HF",
-        "ours alone, log.jsonl tokens/s",
+        "range",
+        "ours GFLOP/s (share of limit)",
+        "HF GFLOP/s (share of limit)",
+        "limit GFLOP/CPU-s (ours / HF)",
+        "ours alone, log.jsonl pieces/s",
     ]
-    lines.append(markdown_table(headers, rows))
-    return "\n".join(lines)
+    details = (
+        f"BERT-{args.size}, vocab {args.vocab_size}, length {SEQ_LENGTH}, {args.batch_tokens} pieces/step, "
+        f"{args.rounds} round(s) x {args.steps} paired steps (after {args.warmup} warm-up)"
+    )
+    return "\n".join(["", header(info, runs[0]["threads"], details), "", markdown_table(headers, rows)])
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""The cost of `quantize = "int8"` on a trained pipeline (issue 5): the same pipeline loaded in
-float32 and with the encoder's nn.Linear layers in dynamic int8, scored by `nlp.evaluate` on
-.spacy files, with words/s and the agreement of the `bert_encoder` vectors.
+"""The cost of `quantize = "int8"` on a trained pipeline: the same pipeline loaded in float32 and
+with the encoder's nn.Linear layers in dynamic int8, scored by `nlp.evaluate` on .spacy files, with
+words/s, the encoder's achieved GFLOP/s and the agreement of the `bert_encoder` vectors.
 
     python benchmarks/quantization.py                       # the demo project's NER pipeline, WNUT-16 dev + test
     python benchmarks/quantization.py PIPELINE DATA.spacy [DATA.spacy ...] [--rounds 10] [--threads 1]
@@ -9,42 +9,65 @@ The int8 pipeline is what `spacy.load(PIPELINE, config={"components": {"bert_enc
 {"quantize": "int8"}}}})` gives. Scores do not change between rounds; each round evaluates both
 pipelines on the same file, one after the other in alternating order, and the table shows the median
 words/s (of the whole pipeline, as `nlp.evaluate` times it: docs are tokenized before the clock)
-and the median of the paired per-round ratios int8 / float32.
+and the median of the paired per-round ratios int8 / float32. GFLOP/s: the encoder's model FLOPs
+(bert.flops) over the evaluation's time; the limit is the matrix-product speed at the encoder's
+shapes in float32 and through PyTorch's int8 Linear, measured in this process.
 """
 
 import argparse
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy
 import spacy
-from common import machine, markdown_table
+from common import (
+    REPO,
+    achieved,
+    arm_limit,
+    header,
+    machine,
+    markdown_table,
+    percent,
+    pipeline_meter,
+    set_threads,
+)
 from inference import vector_agreement
-from spacy.language import Language
 from spacy.training import Corpus
 
-PROJECT = Path(__file__).resolve().parent.parent / "project"
+from spacy_bert_plugin.bert.flops import encoder_flops
+
+PROJECT = REPO / "project"
 DEFAULT_PIPELINE = PROJECT / "training" / "ner" / "model-best"
 DEFAULT_DATA = [PROJECT / "corpus" / "ner" / "dev.spacy", PROJECT / "corpus" / "ner" / "test.spacy"]
 INT8 = {"components": {"bert_encoder": {"model": {"quantize": "int8"}}}}
 SCORES = ("ents_f", "ents_p", "ents_r", "cats_score", "cats_micro_f")  # those the pipeline reports
 
 
-def measure(pipelines: Dict[str, Language], data: Path, rounds: int) -> Dict[str, Any]:
-    examples = {name: list(Corpus(data)(nlp)) for name, nlp in pipelines.items()}  # docs in each one's vocab
+def measure(pipelines: Dict[str, Any], data: Path, rounds: int) -> Dict[str, Any]:
+    examples = {
+        name: list(Corpus(data)(nlp)) for name, (nlp, _) in pipelines.items()
+    }  # docs in each one's vocab
     scores, speeds = {}, {name: [] for name in pipelines}
+    flops = {name: 0 for name in pipelines}
+    clocks = {name: [0.0, 0.0] for name in pipelines}
     for i in range(rounds):
         for name in pipelines if i % 2 == 0 else list(pipelines)[::-1]:
-            result = pipelines[name].evaluate(examples[name])
+            nlp, meter = pipelines[name]
+            wall, cpu = time.perf_counter(), time.process_time()
+            result = nlp.evaluate(examples[name])
+            clocks[name][0] += time.perf_counter() - wall
+            clocks[name][1] += time.process_time() - cpu
+            flops[name] += encoder_flops(meter.config, meter.take())
             scores[name] = {key: result[key] for key in SCORES if result.get(key) is not None}
             speeds[name].append(result["speed"])
     texts = [eg.reference.text for eg in examples["fp32"]]
-    fp32, int8 = (
+    vectors = [
         numpy.concatenate([doc.tensor for doc in nlp.get_pipe("bert_encoder").pipe(map(nlp.make_doc, texts))])
-        for nlp in (pipelines["fp32"], pipelines["int8"])
-    )
+        for nlp, _ in pipelines.values()
+    ]
     return {
         "data": str(data),
         "docs": len(texts),
@@ -52,50 +75,31 @@ def measure(pipelines: Dict[str, Language], data: Path, rounds: int) -> Dict[str
         "scores": scores,
         "words_per_s": {name: statistics.median(s) for name, s in speeds.items()},
         "ratio": statistics.median(q / f for f, q in zip(speeds["fp32"], speeds["int8"])),
-        "vectors": vector_agreement(fp32, int8),
+        "vectors": vector_agreement(*vectors),
+        "achieved": {
+            name: achieved(flops[name], *clocks[name], arm_limit(meter, name))
+            for name, (_, meter) in pipelines.items()
+        },
     }
 
 
 def report(results: List[Dict[str, Any]], pipeline: Path, threads: int) -> str:
-    info = machine()
     keys = [key for key in SCORES if key in results[0]["scores"]["fp32"]]
     rows = []
     for r in results:
         for name in ("fp32", "int8"):
             delta = [r["scores"]["int8"][k] - r["scores"]["fp32"][k] for k in keys] if name == "int8" else []
+            cosines = f"{r['vectors']['mean_cosine']:.5f} / {r['vectors']['min_cosine']:.4f}"
             rows.append(
-                [
-                    Path(r["data"]).name,
-                    name,
-                    r["docs"],
-                    r["words"],
-                    *(f"{100 * r['scores'][name][k]:.2f}" for k in keys),
-                    " / ".join(f"{100 * d:+.2f}" for d in delta) or "-",
-                    f"{r['words_per_s'][name]:,.0f}",
-                    f"{r['ratio']:.2f}x" if name == "int8" else "1.00x",
-                    f"{r['vectors']['mean_cosine']:.5f} / {r['vectors']['min_cosine']:.4f}"
-                    if name == "int8"
-                    else "-",
-                ]
+                [Path(r["data"]).name, name, r["docs"], r["words"]]
+                + [f"{100 * r['scores'][name][k]:.2f}" for k in keys]
+                + [" / ".join(f"{100 * d:+.2f}" for d in delta) or "-", f"{r['words_per_s'][name]:,.0f}"]
+                + [f"{r['ratio']:.2f}x" if name == "int8" else "1.00x", cosines if name == "int8" else "-"]
+                + [f"{r['achieved'][name]['gflops']:.1f}", percent(r["achieved"][name]["share"])]
             )
-    table = markdown_table(
-        [
-            "data",
-            "encoder",
-            "docs",
-            "words",
-            *keys,
-            "int8 - fp32",
-            "words/s",
-            "vs fp32",
-            "vector cos mean / min",
-        ],
-        rows,
-    )
-    header = (
-        f"{info['date']}, commit {info['commit']}, {info['machine']}, torch threads {threads}, {pipeline}"
-    )
-    return f"\n{header}\n\n{table}"
+    headers = ["data", "encoder", "docs", "words", *keys, "int8 - fp32", "words/s", "vs fp32"]
+    headers += ["vector cos mean / min", "encoder GFLOP/s", "share of limit"]
+    return f"\n{header(machine(), threads, str(pipeline))}\n\n{markdown_table(headers, rows)}"
 
 
 def main() -> None:
@@ -109,18 +113,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10, help="timed evaluations per pipeline and file")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, 0 for torch's default")
     args = parser.parse_args()
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = set_threads(args.threads)
     for path in [args.pipeline, *args.data]:
         if not path.exists():
             sys.exit(
                 f"{path} not found: train the demo project's NER pipeline first, or name a pipeline and data"
             )
-    pipelines = {"fp32": spacy.load(args.pipeline), "int8": spacy.load(args.pipeline, config=INT8)}
+    pipelines = {}
+    for name, config in (("fp32", {}), ("int8", INT8)):
+        nlp = spacy.load(args.pipeline, config=config)
+        pipelines[name] = (nlp, pipeline_meter(nlp))
     results = [measure(pipelines, data, args.rounds) for data in args.data]
-    print(report(results, args.pipeline, torch.get_num_threads()))
+    print(report(results, args.pipeline, threads))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""Scaling benchmark (issue 5d): time and peak RSS of `bert_encoder` against document length and
+"""Scaling benchmark: time and peak RSS of `bert_encoder` against document length and
 against corpus size. Time should be linear in the words (a flat time per word once docs fill a
 window) and memory bounded by the window and batch, not by the document or corpus.
 
 Each point runs in its own process, so its peak RSS is its own; "pipe peak - load" is what the
 measured `nlp.pipe` added on top of the loaded pipeline. Docs are tokenized before the clock starts.
+Achieved GFLOP/s: the encoder's model FLOPs (bert.flops on its real window lengths) over the time;
+the limit is float32 matrix-product speed at those shapes, measured by the same process.
 
     python benchmarks/scaling.py            # lengths 100 .. 20,000 words, corpora of 100 .. 800 reviews
     python benchmarks/scaling.py --quick
@@ -18,18 +20,26 @@ from typing import Any, Dict, List
 
 import spacy
 from common import (
+    achieved,
     add_run_options,
+    arm_limit,
     checkpoint,
     drain,
+    header,
     imdb_texts,
     machine,
     markdown_table,
     memory_mib,
+    percent,
+    pipeline_meter,
     reset_peak_rss,
     run_once,
     serve,
+    set_threads,
 )
 from spacy.tokens import Doc
+
+from spacy_bert_plugin.bert.flops import encoder_flops
 
 SCRIPT = Path(__file__).resolve()
 WORDS_PER_LENGTH_POINT = 20_000  # every length point encodes this many words (one or more docs)
@@ -52,15 +62,14 @@ def concatenated_docs(nlp: spacy.Language, length: int, n_docs: int) -> List[Doc
 
 def run_point(spec: Dict[str, Any]) -> Dict[str, Any]:
     """Load the pipeline, make the docs, then time one `nlp.pipe` over them (in this process)."""
-    import torch
-
-    if spec["threads"]:
-        torch.set_num_threads(spec["threads"])
+    threads = set_threads(spec["threads"])
     nlp = spacy.blank("en")
     nlp.add_pipe("bert_encoder", config={"checkpoint": str(checkpoint(spec["size"]))})
     nlp.initialize()
+    meter = pipeline_meter(nlp)
     for _ in nlp.pipe(imdb_texts("test", 4)):  # warm up
         pass
+    meter.take()
     if spec["kind"] == "length":
         n_docs = max(1, WORDS_PER_LENGTH_POINT // spec["length"])
         docs, batch_size = concatenated_docs(nlp, spec["length"], n_docs), 1
@@ -73,6 +82,7 @@ def run_point(spec: Dict[str, Any]) -> Dict[str, Any]:
     for _ in nlp.pipe(drain(docs), batch_size=batch_size):
         pass
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    flops = encoder_flops(meter.config, meter.take())
     return {
         **spec,
         "n_docs": n_docs if spec["kind"] == "length" else spec["docs"],
@@ -81,7 +91,8 @@ def run_point(spec: Dict[str, Any]) -> Dict[str, Any]:
         "cpu": cpu,
         "load_mib": load,
         "pipe_peak_mib": memory_mib()["VmHWM"],
-        "threads": torch.get_num_threads(),
+        "threads": threads,
+        **achieved(flops, wall, cpu, arm_limit(meter, "fp32")),
     }
 
 
@@ -97,6 +108,7 @@ def table(points: List[Dict[str, Any]], first: str) -> str:
             p["load_mib"],
             p["pipe_peak_mib"],
             p["pipe_peak_mib"] - p["load_mib"],
+            f"{p['gflops']:.1f} ({percent(p['share'])})",
         ]
         for p in points
     ]
@@ -110,6 +122,7 @@ def table(points: List[Dict[str, Any]], first: str) -> str:
         "RSS after load MiB",
         "pipe peak MiB",
         "pipe peak - load MiB",
+        "GFLOP/s (share of limit)",
     ]
     return markdown_table(headers, rows)
 
@@ -138,10 +151,7 @@ def main() -> None:
     common_spec = {"size": args.size, "threads": args.threads}
     by_length = [run_once(SCRIPT, dict(common_spec, kind="length", length=n), {}) for n in lengths]
     by_corpus = [run_once(SCRIPT, dict(common_spec, kind="corpus", docs=n), {}) for n in corpus_sizes]
-    print(
-        f"\n{info['date']}, commit {info['commit']}, {info['machine']}, BERT-{args.size}, "
-        f"torch threads {by_length[0]['threads']}\n"
-    )
+    print(f"\n{header(info, by_length[0]['threads'], f'BERT-{args.size}')}\n")
     print(f"Document length (nlp.pipe batch size 1, about {WORDS_PER_LENGTH_POINT:,} words per point):\n")
     print(table(by_length, "doc length"))
     print(f"\nCorpus size (IMDB test reviews, nlp.pipe batch size {CORPUS_BATCH_SIZE}):\n")

@@ -1,4 +1,4 @@
-"""Accuracy study (issue 6): does `spacy bert-pretrain` pay off downstream?
+"""Accuracy study: does `spacy bert-pretrain` pay off downstream?
 
     python benchmarks/accuracy/run.py --quick                   # every stage and column on tiny budgets, < 15 min
     python benchmarks/accuracy/run.py --mode medium --jobs 2    # about 70 minutes on 2 cores
@@ -8,20 +8,22 @@
 Tasks: NER on CoNLL-2003 (dev and test entity F1), sentiment on SST-2 (dev and test accuracy) and
 IMDB (test accuracy). Arms per task, all from the same data:
 
-* `pretrained`: configs/pretrain.cfg with the study's `Recipe` (BERT-Tiny, masked-LM on 30 % of the
-  pieces, no NSP, no dropout, bf16) run with `python -m spacy bert-pretrain` on in-domain raw text
-  (NER: NewsArticles + CoNLL-2003 train text; sentiment: IMDB train reviews), then configs/ner.cfg
-  or configs/textcat.cfg fine-tuned with `--paths.init_bert PRETRAIN/model-best`;
+* `pretrained`: configs/pretrain-cpu.cfg (the CPU recipe: BERT-Tiny, masked-LM on 30 % of the
+  pieces, no NSP, no dropout, bf16) run with `python -m spacy bert-pretrain` on in-domain raw
+  text (NER: NewsArticles + CoNLL-2003 train text, cased; sentiment: IMDB train reviews in
+  128-piece sequences), then configs/ner.cfg or configs/textcat.cfg fine-tuned with
+  `--paths.init_bert PRETRAIN/model-best`;
 * `random`: the same config with `init_bert = null` (random weights, WordPiece vocabulary learnt
   from the fine-tuning texts, as the component does without a checkpoint);
 * `cnn`: `python -m spacy init config -p ner` (tok2vec CNN, no vectors) / `-p textcat -o accuracy`
   with static vectors off (CNN tok2vec + bag-of-words ensemble);
 * `bow` (textcat tasks only): `python -m spacy init config -p textcat`, spaCy's default textcat.
 
-Budgets: both BERT arms train for the same number of steps (same architecture, so the same
-compute), with encoder dropout 0.1 (`FineTune.dropout`; the checkpoints are pretrained without).
-The spaCy arms then get a budget of CPU seconds equal to the mean CPU time of the two BERT runs
-of the task (measured, training loop only; see worker.py) and train until it is spent.
+Every pretraining is the recipe with overrides only for what differs (corpus, steps of the mode,
+case, sequence length, threads; an ablation's one change). Budgets: both BERT arms train for the
+same number of steps (same architecture, so the same compute), with the configs' encoder dropout
+(0.1). The spaCy arms then get a budget of CPU seconds equal to the mean CPU time of the two BERT
+runs of the task (measured, training loop only; see worker.py) and train until it is spent.
 Every arm is scored at its last step (`model-last`) on dev and test; no early stopping.
 
 Ablations (sentiment pretraining, scored by the SST-2 fine-tune), one change at a time from the
@@ -31,7 +33,7 @@ NER (cased vs lowercased pieces) runs in full mode.
 
 Outputs: benchmarks/.cache/accuracy/MODE/ (one folder per run with its config, log, model and
 scores), results.json and results.md (the tables for benchmarks/README.md). Completed runs are
-reused when the script is run again with the same recipe and config; --fresh starts over.
+reused when the script is run again with the same configs; --fresh starts over.
 """
 
 import argparse
@@ -42,96 +44,84 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import data
-from common import machine, markdown_table
-from thinc.api import Config
+import data  # noqa: E402
+from common import (
+    CACHE_DIR,
+    CONFIGS,
+    SHARED_DATA,
+    SIZES,
+    machine,
+    markdown_table,
+    pretraining_config,
+    read_log,
+)  # noqa: E402
+from thinc.api import Config  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-CONFIGS = REPO / "configs"
-TEMPLATE_NAMES = ("pretrain.cfg", "ner.cfg", "textcat.cfg")
-CACHE = REPO / "benchmarks" / ".cache" / "accuracy"
+CACHE = CACHE_DIR / "accuracy"
 DATA_CACHE = CACHE / "data"
 PIECE_CACHE = CACHE / "pieces"
 WORKER = HERE / "worker.py"
 CALLBACK = "accuracy.cpu_budget.v1"
+RECIPE = "pretrain-cpu.cfg"
 INIT_CONFIG_LOCK = threading.Lock()
 
-
-# ---- settings ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """One `spacy bert-pretrain` run: configs/pretrain.cfg plus these settings. The defaults are
-    the CPU recipe the study chose (see benchmarks/README.md): BERT-Tiny, masked-LM only on pieces
-    at 30 %, short sequences. Every run trains without dropout and with bf16 autocast (float32 on a CPU
-    without bf16 instructions)."""
-
-    corpus: str  # "news" (NER) or "imdb" (sentiment)
-    steps: int
-    batch_tokens: int = 2048
-    max_length: int = 64
-    learning_rate: float = 1e-3
-    warmup_steps: int = 100
-    unit: str = "piece"
-    mask_rate: float = 0.3
-    nsp: bool = False
-    lowercase: bool = True
-    size: str = "tiny"  # a key of SIZES
-
-    def label(self) -> str:
-        nsp = "NSP" if self.nsp else "no NSP"
-        case = "uncased" if self.lowercase else "cased"
-        return f"{self.size}, {self.unit}, {self.mask_rate:.2f}, {nsp}, {case}, length {self.max_length}"
+Overrides = Dict[str, Any]  # dotted config keys over configs/pretrain-cpu.cfg
+STEPS, WARMUP = "bert_pretraining.max_steps", "bert_pretraining.optimizer.warmup_steps"
 
 
-# Encoder shapes ([components.bert_encoder.model]): BERT-Tiny and BERT-Mini (the configs' default).
-SIZES: dict[str, dict[str, int]] = {
-    "tiny": {"hidden_width": 128, "num_layers": 2, "num_heads": 2, "intermediate_width": 512},
-    "mini": {"hidden_width": 256, "num_layers": 4, "num_heads": 4, "intermediate_width": 1024},
-}
-# Pretraining runs without dropout (far from overfitting; faster attention on a CPU).
-NO_DROPOUT = {"dropout": 0.0, "attention_dropout": 0.0}
+def recipe_value(key: str) -> Any:
+    """A setting of the CPU recipe, configs/pretrain-cpu.cfg."""
+    value: Any = Config().from_disk(CONFIGS / RECIPE, interpolate=False)
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+# What the study's pretrainings change in the recipe. NER keeps case (CoNLL entities are
+# capitalised; spaCy's CNN sees word shapes); IMDB reviews are long, so sentiment pretrains on
+# 128-piece sequences. The news pretraining had 60 minutes on 2 cores: 20,000 steps x 2,048
+# pieces took 56 minutes in float32 on a CPU without AVX512-BF16 (11,900 pieces/s with evaluations).
+NER_PRETRAINING: Overrides = {"components.bert_encoder.lowercase": False, STEPS: 20000}
+SENTIMENT_PRETRAINING: Overrides = {"bert_pretraining.max_length": 128, STEPS: 30000}
+QUICK_PRETRAINING: Overrides = {STEPS: 40, "bert_pretraining.batch_tokens": 1024, WARMUP: 5}
 
 
 @dataclass(frozen=True)
 class FineTune:
-    """Fine-tuning budget of the BERT arms of one task (the spaCy arms get the same CPU time)."""
+    """Fine-tuning budget of the BERT arms of one task (the spaCy arms get the same CPU time);
+    learning_rate None: the config's."""
 
     steps: int
-    learning_rate: float = 5e-4
     warmup_steps: int = 30
+    learning_rate: Optional[float] = None
     batch_words: int = 1000
-    # Encoder dropout (hidden and attention) of both BERT arms, over the checkpoint's 0.
-    dropout: float = 0.1
 
 
 @dataclass(frozen=True)
 class Budget:
     name: str
     # pretraining corpora (None = all)
-    news_docs: int | None
-    conll_pretrain_docs: int | None
-    imdb_pretrain_docs: int | None
+    news_docs: Optional[int]
+    conll_pretrain_docs: Optional[int]
+    imdb_pretrain_docs: Optional[int]
     heldout_docs: int
     eval_batches: int
-    ner_recipe: Recipe
-    sentiment_recipe: Recipe
+    ner_pretraining: Overrides
+    sentiment_pretraining: Overrides
     # data sizes (None = all)
-    ner_train_docs: int | None
-    ner_eval_docs: int | None
-    sst2_train: int | None
-    sst2_eval: int | None
+    ner_train_docs: Optional[int]
+    ner_eval_docs: Optional[int]
+    sst2_train: Optional[int]
+    sst2_eval: Optional[int]
     imdb_train: int
     imdb_test: int
     train_dev_docs: int  # docs of the dev set spaCy scores during training (unused for the table)
@@ -141,21 +131,12 @@ class Budget:
     ablation_steps: int  # pretraining steps of each ablation
     ablation_finetune: FineTune  # SST-2 fine-tune of each ablation
     ner_case_ablation: bool = False
-    # extra fine-tuning learning rates tried for both BERT arms (main runs use FineTune.learning_rate)
-    lr_sweep: tuple[float, ...] = ()
-    lr_sweep_tasks: tuple[str, ...] = ("sst2",)
+    # extra fine-tuning learning rates tried for both BERT arms
+    lr_sweep: Tuple[float, ...] = ()
+    lr_sweep_tasks: Tuple[str, ...] = ("sst2",)
 
 
-# Full-mode pretraining recipes (quick and medium shrink the steps). NER keeps case (CoNLL
-# entities are capitalised; spaCy's CNN sees word shapes); IMDB reviews are long, so sentiment
-# pretrains on 128-piece sequences. The issue allows the news pretraining 60 minutes on 2 cores:
-# 20,000 steps x 2,048 pieces (41M pieces) took 56 minutes in float32 on a CPU without AVX512-BF16
-# (11,900 pieces/s with evaluations); at the ~23,000 pieces/s of bf16 on one with it, about 30.
-# Sentiment has no time limit: 30,000 steps, 45 minutes alone in bf16 (an estimated 78 in float32).
-NER_RECIPE = Recipe(corpus="news", steps=20000, lowercase=False)
-SENTIMENT_RECIPE = Recipe(corpus="imdb", steps=30000, max_length=128)
-
-BUDGETS: dict[str, Budget] = {
+BUDGETS: Dict[str, Budget] = {
     "quick": Budget(
         name="quick",
         news_docs=300,
@@ -163,8 +144,8 @@ BUDGETS: dict[str, Budget] = {
         imdb_pretrain_docs=1000,
         heldout_docs=20,
         eval_batches=4,
-        ner_recipe=replace(NER_RECIPE, steps=40, batch_tokens=1024, warmup_steps=5),
-        sentiment_recipe=replace(SENTIMENT_RECIPE, steps=40, batch_tokens=1024, warmup_steps=5),
+        ner_pretraining={**NER_PRETRAINING, **QUICK_PRETRAINING},
+        sentiment_pretraining={**SENTIMENT_PRETRAINING, **QUICK_PRETRAINING},
         ner_train_docs=100,
         ner_eval_docs=30,
         sst2_train=1000,
@@ -186,8 +167,8 @@ BUDGETS: dict[str, Budget] = {
         imdb_pretrain_docs=10000,
         heldout_docs=50,
         eval_batches=10,
-        ner_recipe=replace(NER_RECIPE, steps=8000),
-        sentiment_recipe=replace(SENTIMENT_RECIPE, steps=6000),
+        ner_pretraining={**NER_PRETRAINING, STEPS: 8000},
+        sentiment_pretraining={**SENTIMENT_PRETRAINING, STEPS: 6000},
         ner_train_docs=None,
         ner_eval_docs=None,
         sst2_train=None,
@@ -208,8 +189,8 @@ BUDGETS: dict[str, Budget] = {
         imdb_pretrain_docs=None,
         heldout_docs=100,
         eval_batches=20,
-        ner_recipe=NER_RECIPE,
-        sentiment_recipe=SENTIMENT_RECIPE,
+        ner_pretraining=NER_PRETRAINING,
+        sentiment_pretraining=SENTIMENT_PRETRAINING,
         ner_train_docs=None,
         ner_eval_docs=None,
         sst2_train=None,
@@ -234,30 +215,10 @@ class Task:
     name: str  # ner, sst2, imdb
     kind: str  # ner or textcat
     train: Path
-    evals: dict[str, Path]  # split name -> DocBin
+    evals: Dict[str, Path]  # split name -> DocBin
     train_dev: Path
     finetune: FineTune
-    arms: list[str] = field(default_factory=list)
-
-
-# The shipped configs are read once, when a run starts (`snapshot_templates`), so that edits to
-# configs/ during a long run cannot give its arms different settings; run_dir/configs/ keeps the copy.
-_TEMPLATES: dict[str, str] = {}
-
-
-def snapshot_templates(run_dir: Path) -> None:
-    copy_dir = run_dir / "configs"
-    copy_dir.mkdir(parents=True, exist_ok=True)
-    for name in TEMPLATE_NAMES:
-        _TEMPLATES[name] = (CONFIGS / name).read_text(encoding="utf8")
-        (copy_dir / name).write_text(_TEMPLATES[name], encoding="utf8")
-
-
-def template(name: str) -> Config:
-    return Config().from_str(_TEMPLATES[name], interpolate=False)
-
-
-# ---- files --------------------------------------------------------------------------
+    arms: List[str] = field(default_factory=list)
 
 
 def read_json(path: Path) -> Any:
@@ -272,43 +233,39 @@ def write_json(path: Path, value: Any) -> None:
 # ---- data --------------------------------------------------------------------------------------
 
 
-def prepare_tasks(budget: Budget) -> tuple[dict[str, Task], dict[str, Path]]:
+def prepare_tasks(budget: Budget) -> Tuple[Dict[str, Task], Dict[str, Path]]:
     """Convert the data sets (cached) and return the tasks and the pretraining corpora."""
     data.check_shared_data()
-    conll = data.conll_docbins(DATA_CACHE / "conll")
+    conll = {split: data.conll_docbin(split) for split in ("train", "dev", "test")}
     sub = DATA_CACHE / budget.name
-    sub.mkdir(parents=True, exist_ok=True)
-    n_ner = budget.ner_eval_docs
+    head = data.docbin_head
     ner = Task(
         name="ner",
         kind="ner",
-        train=data.docbin_head(conll["train"], sub / "conll-train.spacy", budget.ner_train_docs),
+        train=head(conll["train"], sub / "conll-train.spacy", budget.ner_train_docs),
         evals={
-            "dev": data.docbin_head(conll["dev"], sub / "conll-dev.spacy", n_ner),
-            "test": data.docbin_head(conll["test"], sub / "conll-test.spacy", n_ner),
+            split: head(conll[split], sub / f"conll-{split}.spacy", budget.ner_eval_docs)
+            for split in ("dev", "test")
         },
-        train_dev=data.docbin_head(conll["dev"], sub / "conll-train-dev.spacy", budget.train_dev_docs),
+        train_dev=head(conll["dev"], sub / "conll-train-dev.spacy", budget.train_dev_docs),
         finetune=budget.ner,
         arms=["pretrained", "random", "cnn"],
     )
-    sst = data.SHARED_DATA / "sst2"
-    sst2_dev = data.textcat_docbin(sst / "dev.jsonl", sub / "sst2-dev.spacy", budget.sst2_eval)
+    sst = SHARED_DATA / "sst2"
+    sst2_evals = {
+        split: data.textcat_docbin(sst / f"{split}.jsonl", sub / f"sst2-{split}.spacy", budget.sst2_eval)
+        for split in ("dev", "test")
+    }
     sst2 = Task(
         name="sst2",
         kind="textcat",
         train=data.textcat_docbin(sst / "train.jsonl", sub / "sst2-train.spacy", budget.sst2_train),
-        evals={
-            "dev": sst2_dev,
-            "test": data.textcat_docbin(sst / "test.jsonl", sub / "sst2-test.spacy", budget.sst2_eval),
-        },
-        train_dev=data.docbin_head(sst2_dev, sub / "sst2-train-dev.spacy", budget.train_dev_docs),
+        evals=sst2_evals,
+        train_dev=head(sst2_evals["dev"], sub / "sst2-train-dev.spacy", budget.train_dev_docs),
         finetune=budget.sst2,
         arms=["pretrained", "random", "cnn", "bow"],
     )
-    imdb_dir = data.SHARED_DATA / "imdb"
-    imdb_dev = data.textcat_docbin(
-        imdb_dir / "dev.jsonl.gz", sub / "imdb-train-dev.spacy", budget.train_dev_docs
-    )
+    imdb_dir = SHARED_DATA / "imdb"
     imdb = Task(
         name="imdb",
         kind="textcat",
@@ -316,7 +273,9 @@ def prepare_tasks(budget: Budget) -> tuple[dict[str, Task], dict[str, Path]]:
         evals={
             "test": data.textcat_docbin(imdb_dir / "test.jsonl.gz", sub / "imdb-test.spacy", budget.imdb_test)
         },
-        train_dev=imdb_dev,
+        train_dev=data.textcat_docbin(
+            imdb_dir / "dev.jsonl.gz", sub / "imdb-train-dev.spacy", budget.train_dev_docs
+        ),
         finetune=budget.imdb,
         arms=["pretrained", "random", "cnn", "bow"],
     )
@@ -330,46 +289,55 @@ def prepare_tasks(budget: Budget) -> tuple[dict[str, Task], dict[str, Path]]:
 # ---- pretraining -------------------------------------------------------------------------------
 
 
-def pretrain(recipe: Recipe, corpus: Path, out: Path, budget: Budget, threads: int) -> dict[str, Any]:
-    """`python -m spacy bert-pretrain` with configs/pretrain.cfg and the recipe; cached."""
-    stats_file = out / "pretrain_stats.json"
-    if (
-        stats_file.exists()
-        and (out / "model-best").exists()
-        and read_json(stats_file)["recipe"] == asdict(recipe)
-    ):
+def pretraining_run_config(overrides: Overrides, corpus: Path, budget: Budget, threads: int) -> Config:
+    """configs/pretrain-cpu.cfg with the corpus, the study's evaluation and saving, and `overrides`."""
+    steps = overrides.get(STEPS, recipe_value(STEPS))
+    evals = 5 if steps >= 100 else 2
+    run = {
+        "bert_pretraining.heldout_docs": budget.heldout_docs,
+        "bert_pretraining.eval_batches": budget.eval_batches,
+        "bert_pretraining.eval_every": max(1, steps // evals),
+        "bert_pretraining.save_every": steps,
+        "bert_pretraining.log_every": max(1, min(20, steps // 10)),
+        "bert_pretraining.cache_dir": str(PIECE_CACHE),
+        "bert_pretraining.threads": threads,
+    }
+    return pretraining_config(corpus, {**run, **overrides}, base=RECIPE)
+
+
+def recipe_label(config: Config) -> str:
+    """Size, masking unit and rate, pair objective, case and sequence length of a pretraining config."""
+    model, section = config["components"]["bert_encoder"]["model"], config["bert_pretraining"]
+    size = next(
+        (name for name, shape in SIZES.items() if all(model[k] == v for k, v in shape.items())), "custom"
+    )
+    mlm, nsp = section["objectives"]["mlm"], "nsp" in section["objectives"]
+    case = "uncased" if config["components"]["bert_encoder"]["lowercase"] else "cased"
+    nsp_label = "NSP" if nsp else "no NSP"
+    return (
+        f"{size}, {mlm['unit']}, {mlm['mask_rate']:.2f}, {nsp_label}, {case}, length {section['max_length']}"
+    )
+
+
+def pretrain(overrides: Overrides, corpus: Path, out: Path, budget: Budget, threads: int) -> Dict[str, Any]:
+    """`python -m spacy bert-pretrain` with the recipe and `overrides`; cached by the config's text."""
+    config = pretraining_run_config(overrides, corpus, budget, threads)
+    stats_file, config_path = out / "pretrain_stats.json", out / "pretrain.cfg"
+    done = stats_file.exists() and (out / "model-best").exists() and config_path.exists()
+    if done and config_path.read_text() == config.to_str():
         return read_json(stats_file)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    config = template("pretrain.cfg")
-    config["paths"]["raw_text"] = str(corpus)
-    config["components"]["bert_encoder"]["lowercase"] = recipe.lowercase
-    config["components"]["bert_encoder"]["model"].update(SIZES[recipe.size], **NO_DROPOUT)
-    section = config["bert_pretraining"]
-    evals = 5 if recipe.steps >= 100 else 2
-    section.update(
-        max_steps=recipe.steps,
-        batch_tokens=recipe.batch_tokens,
-        max_length=recipe.max_length,
-        heldout_docs=budget.heldout_docs,
-        eval_batches=budget.eval_batches,
-        eval_every=max(1, recipe.steps // evals),
-        save_every=recipe.steps,
-        log_every=max(1, min(20, recipe.steps // 10)),
-        cache_dir=str(PIECE_CACHE),
-        autocast="bf16",
-    )
-    section["optimizer"].update(learning_rate=recipe.learning_rate, warmup_steps=recipe.warmup_steps)
-    section["objectives"]["mlm"].update(unit=recipe.unit, mask_rate=recipe.mask_rate)
-    if not recipe.nsp:
-        del section["objectives"]["nsp"]
-    config_path = out / "pretrain.cfg"
     config.to_disk(config_path)
     times = data.run(
         [sys.executable, "-m", "spacy", "bert-pretrain", config_path, out], out / "log.txt", threads
     )
+    section = config["bert_pretraining"]
     stats = {
-        "recipe": asdict(recipe),
+        "overrides": overrides,
+        "label": recipe_label(config),
+        "steps": section["max_steps"],
+        "batch_tokens": section["batch_tokens"],
         "corpus": corpus.name,
         **times,
         **pretraining_scores(out / "log.jsonl"),
@@ -378,12 +346,11 @@ def pretrain(recipe: Recipe, corpus: Path, out: Path, budget: Budget, threads: i
     return stats
 
 
-def pretraining_scores(log: Path) -> dict[str, Any]:
+def pretraining_scores(log: Path) -> Dict[str, Any]:
     """Held-out MLM accuracy at the best (lowest held-out loss) evaluation, and pieces seen."""
-    lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    evals = [line for line in lines if "eval_mlm_loss" in line]
-    best = min(evals, key=lambda line: line["eval_mlm_loss"])
-    trained = [line for line in lines if "tokens" in line]
+    records = read_log(log)
+    best = min((r for r in records if "eval_mlm_loss" in r), key=lambda r: r["eval_mlm_loss"])
+    trained = [r for r in records if "tokens" in r]
     return {
         "best_step": best["step"],
         "eval_mlm_loss": best["eval_mlm_loss"],
@@ -396,27 +363,30 @@ def pretraining_scores(log: Path) -> dict[str, Any]:
 # ---- fine-tuning -------------------------------------------------------------------------------
 
 
-def bert_config(task: Task, init_bert: Path | None, recipe: Recipe, finetune: FineTune) -> Config:
-    """configs/ner.cfg or configs/textcat.cfg with the study's data and budget."""
-    config = template("ner.cfg" if task.kind == "ner" else "textcat.cfg")
-    config["paths"].update(
-        train=str(task.train), dev=str(task.train_dev), init_bert=str(init_bert) if init_bert else None
-    )
-    config["components"]["bert_encoder"]["lowercase"] = recipe.lowercase
-    config["components"]["bert_encoder"]["model"].update(
-        SIZES[recipe.size], dropout=finetune.dropout, attention_dropout=finetune.dropout
-    )
-    training = config["training"]
-    training.update(max_steps=finetune.steps, eval_frequency=finetune.steps, patience=0, max_epochs=0)
-    training["batcher"]["size"] = finetune.batch_words
-    training["optimizer"]["learn_rate"] = {
-        "@schedules": "warmup_linear.v1",
-        "warmup_steps": finetune.warmup_steps,
-        "total_steps": finetune.steps,
-        "initial_rate": finetune.learning_rate,
+def bert_config(task: Task, init_bert: Optional[Path], pretraining: Config, finetune: FineTune) -> Config:
+    """configs/ner.cfg or configs/textcat.cfg with the study's data and budget, and the
+    pretraining's encoder shape and case."""
+    name = "ner.cfg" if task.kind == "ner" else "textcat.cfg"
+    encoder = pretraining["components"]["bert_encoder"]
+    shape = {key: encoder["model"][key] for key in SIZES["tiny"]}
+    overrides = {
+        "paths.train": str(task.train),
+        "paths.dev": str(task.train_dev),
+        "paths.init_bert": str(init_bert) if init_bert else None,
+        "components.bert_encoder.lowercase": encoder["lowercase"],
+        **{f"components.bert_encoder.model.{key}": value for key, value in shape.items()},
+        "training.max_steps": finetune.steps,
+        "training.eval_frequency": finetune.steps,
+        "training.batcher.size": finetune.batch_words,
+        "training.optimizer.learn_rate.warmup_steps": finetune.warmup_steps,
+        "training.optimizer.learn_rate.total_steps": finetune.steps,
+        "training.before_update": {"@callbacks": CALLBACK, "budget_s": None},
     }
-    training["before_update"] = {"@callbacks": CALLBACK, "budget_s": None}
-    return config
+    if finetune.learning_rate is not None:
+        overrides["training.optimizer.learn_rate.initial_rate"] = finetune.learning_rate
+    from spacy import util
+
+    return util.load_config(CONFIGS / name, overrides=overrides, interpolate=False)
 
 
 def spacy_config(task: Task, arm: str, cpu_budget: float) -> Config:
@@ -428,36 +398,31 @@ def spacy_config(task: Task, arm: str, cpu_budget: float) -> Config:
     base = DATA_CACHE / f"init-{pipe}-{optimize}.cfg"
     with INIT_CONFIG_LOCK:  # parallel jobs share the generated file
         if not base.exists():
-            data.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "spacy",
-                    "init",
-                    "config",
-                    base,
-                    "--lang",
-                    "en",
-                    "--pipeline",
-                    pipe,
-                    "--optimize",
-                    optimize,
-                    "--force",
-                ]
-            )
+            command = [
+                "init",
+                "config",
+                base,
+                "--lang",
+                "en",
+                "--pipeline",
+                pipe,
+                "--optimize",
+                optimize,
+                "--force",
+            ]
+            data.run([sys.executable, "-m", "spacy", *command])
     config = Config().from_disk(base, interpolate=False)
     config["paths"].update(train=str(task.train), dev=str(task.train_dev), vectors=None)
     for component in config["components"].values():
         embed = component.get("model", {}).get("embed")
         if isinstance(embed, dict) and "include_static_vectors" in embed:
             embed["include_static_vectors"] = False
-    training = config["training"]
-    training.update(max_steps=0, patience=0, max_epochs=0, eval_frequency=10**9)
-    training["before_update"] = {"@callbacks": CALLBACK, "budget_s": round(cpu_budget, 1)}
+    config["training"].update(max_steps=0, patience=0, max_epochs=0, eval_frequency=10**9)
+    config["training"]["before_update"] = {"@callbacks": CALLBACK, "budget_s": round(cpu_budget, 1)}
     return config
 
 
-def finetune(task: Task, out: Path, config: Config, threads: int) -> dict[str, Any]:
+def finetune(task: Task, out: Path, config: Config, threads: int) -> Dict[str, Any]:
     """Train (worker.py train) and score model-last on the task's eval sets; cached."""
     stats_file = out / "train_stats.json"
     evals = {split: out / f"eval-{split}.json" for split in task.evals}
@@ -466,7 +431,7 @@ def finetune(task: Task, out: Path, config: Config, threads: int) -> dict[str, A
     if not (done and config_path.read_text() == config.to_str()):  # rerun when the config changed
         out.mkdir(parents=True, exist_ok=True)
         config.to_disk(config_path)
-        command: list[Any] = [sys.executable, WORKER, "train", config_path, out, "--task", task.kind]
+        command: List[Any] = [sys.executable, WORKER, "train", config_path, out, "--task", task.kind]
         for split, path in task.evals.items():
             command += ["--eval", f"{split}={path}"]
         data.run(command, out / "log.txt", threads)
@@ -482,15 +447,15 @@ def finetune(task: Task, out: Path, config: Config, threads: int) -> dict[str, A
 @dataclass
 class Job:
     name: str
-    run: Callable[[dict[str, Any]], Any]  # gets the results of the finished jobs
-    deps: tuple[str, ...] = ()
+    run: Callable[[Dict[str, Any]], Any]  # gets the results of the finished jobs
+    deps: Tuple[str, ...] = ()
 
 
-def run_jobs(jobs: list[Job], parallel: int) -> dict[str, Any]:
+def run_jobs(jobs: List[Job], parallel: int) -> Dict[str, Any]:
     """Run the jobs, up to `parallel` at a time, each once its dependencies are done, in list order."""
-    results: dict[str, Any] = {}
+    results: Dict[str, Any] = {}
     pending = list(jobs)
-    running: dict[Future, Job] = {}
+    running: Dict[Future, Job] = {}
     with ThreadPoolExecutor(parallel) as pool:
         while pending or running:
             for job in list(pending):
@@ -509,91 +474,103 @@ def run_jobs(jobs: list[Job], parallel: int) -> dict[str, Any]:
     return results
 
 
-def bert_job(task: Task, out: Path, recipe: Recipe, pretrain_dir: Path | None, threads: int) -> Job:
-    init = pretrain_dir / "model-best" if pretrain_dir else None
-    deps = (str(pretrain_dir),) if pretrain_dir else ()
-    return Job(
-        str(out), lambda _: finetune(task, out, bert_config(task, init, recipe, task.finetune), threads), deps
-    )
+class Planner:
+    """The study's jobs and where each result will be found."""
+
+    def __init__(self, budget: Budget, corpora: Dict[str, Path], run_dir: Path, threads: int):
+        self.budget, self.corpora, self.run_dir, self.threads = budget, corpora, run_dir, threads
+        self.jobs: List[Job] = []
+
+    def pretraining(self, overrides: Overrides, corpus: str, out: Path, after: Optional[Path] = None) -> Path:
+        """`after`: a pretraining on the same corpus that builds its vocabulary and piece cache first."""
+        run = lambda _: pretrain(overrides, self.corpora[corpus], out, self.budget, self.threads)  # noqa: E731
+        self.jobs.append(Job(str(out), run, (str(after),) if after else ()))
+        return out
+
+    def bert(
+        self, task: Task, out: Path, overrides: Overrides, corpus: str, pretrain_dir: Optional[Path]
+    ) -> Path:
+        """A BERT fine-tune, from `pretrain_dir`'s model-best or (None) from random weights."""
+        config = pretraining_run_config(overrides, self.corpora[corpus], self.budget, self.threads)
+        init = pretrain_dir / "model-best" if pretrain_dir else None
+        run = lambda _: finetune(task, out, bert_config(task, init, config, task.finetune), self.threads)  # noqa: E731
+        self.jobs.append(Job(str(out), run, (str(pretrain_dir),) if pretrain_dir else ()))
+        return out
+
+    def spacy(self, task: Task, arm: str, out: Path, bert_outs: Tuple[Path, Path]) -> Path:
+        """A spaCy arm with the mean CPU time of the task's two BERT runs as its budget."""
+
+        def run(results: Dict[str, Any]) -> Any:
+            cpu_budget = statistics.mean(results[str(bert_out)]["train"]["cpu_s"] for bert_out in bert_outs)
+            return finetune(task, out, spacy_config(task, arm, cpu_budget), self.threads)
+
+        self.jobs.append(Job(str(out), run, tuple(str(bert_out) for bert_out in bert_outs)))
+        return out
 
 
-def spacy_job(task: Task, arm: str, out: Path, bert_outs: tuple[Path, Path], threads: int) -> Job:
-    """A spaCy arm with the mean CPU time of the task's two BERT runs as its budget."""
-
-    def run(results: dict[str, Any]) -> Any:
-        cpu_budget = statistics.mean(results[str(bert_out)]["train"]["cpu_s"] for bert_out in bert_outs)
-        return finetune(task, out, spacy_config(task, arm, cpu_budget), threads)
-
-    return Job(str(out), run, tuple(str(bert_out) for bert_out in bert_outs))
-
-
-def pretrain_job(
-    recipe: Recipe, corpus: Path, out: Path, budget: Budget, threads: int, after: Path | None = None
-) -> Job:
-    """`after`: a pretraining on the same corpus that builds its vocabulary and piece cache first."""
-    return Job(
-        str(out), lambda _: pretrain(recipe, corpus, out, budget, threads), (str(after),) if after else ()
-    )
-
-
-def ablation_recipes(budget: Budget) -> dict[str, Recipe]:
-    """One change at a time from the sentiment recipe, each with the same smaller budget."""
-    base = replace(
-        budget.sentiment_recipe,
-        steps=budget.ablation_steps,
-        warmup_steps=min(budget.sentiment_recipe.warmup_steps, max(1, budget.ablation_steps // 10)),
-    )
+def ablations(budget: Budget) -> Dict[str, Overrides]:
+    """One change at a time from the sentiment pretraining, each with the same smaller budget."""
+    warmup = min(recipe_value(WARMUP), max(1, budget.ablation_steps // 10))
+    base = {**budget.sentiment_pretraining, STEPS: budget.ablation_steps, WARMUP: warmup}
+    mlm = "bert_pretraining.objectives.mlm"
+    nsp = {"@bert_objectives": "spacy_bert_plugin.NSP.v1", "weight": 1.0}
+    mini = {f"components.bert_encoder.model.{key}": value for key, value in SIZES["mini"].items()}
     return {
         "base": base,
-        "unit=word": replace(base, unit="word"),
-        "unit=span": replace(base, unit="span"),
-        "mask_rate=0.15": replace(base, mask_rate=0.15),
-        "NSP": replace(base, nsp=True),
+        "unit=word": {**base, f"{mlm}.unit": "word"},
+        "unit=span": {**base, f"{mlm}.unit": "span"},
+        "mask_rate=0.15": {**base, f"{mlm}.mask_rate": 0.15},
+        "NSP": {**base, "bert_pretraining.objectives.nsp": nsp},
         # about the pretraining CPU time of `base`: BERT-Mini costs ~4x BERT-Tiny per piece
-        "size=mini, 1/4 steps": replace(
-            base, size="mini", steps=max(1, base.steps // 4), warmup_steps=max(1, base.warmup_steps // 4)
-        ),
+        "size=mini, 1/4 steps": {
+            **base,
+            **mini,
+            STEPS: max(1, base[STEPS] // 4),
+            WARMUP: max(1, warmup // 4),
+        },
     }
 
 
 def plan(
     budget: Budget,
-    tasks: dict[str, Task],
-    corpora: dict[str, Path],
+    tasks: Dict[str, Task],
+    corpora: Dict[str, Path],
     run_dir: Path,
     threads: int,
-    ablations: bool,
-) -> tuple[list[Job], dict[str, Any]]:
+    ablate: bool,
+):
     """The jobs in order of priority (BERT arms; the CNN arms of CoNLL-2003 and SST-2; the fine-tuning
     learning-rate sweep; the other spaCy arms; ablations) and where each result will be found."""
-    recipes = {"ner": budget.ner_recipe, "sst2": budget.sentiment_recipe, "imdb": budget.sentiment_recipe}
-    pretrain_dirs = {
+    planner = Planner(budget, corpora, run_dir, threads)
+    recipes = {"ner": (budget.ner_pretraining, "news"), "sst2": (budget.sentiment_pretraining, "imdb")}
+    recipes["imdb"] = recipes["sst2"]
+    dirs = {
         "ner": run_dir / "pretrain-news",
         "sst2": run_dir / "pretrain-imdb",
         "imdb": run_dir / "pretrain-imdb",
     }
-    pretrainings = {
-        "NER (news)": ("ner", budget.ner_recipe),
-        "sentiment (IMDB)": ("sst2", budget.sentiment_recipe),
+    layout: Dict[str, Any] = {
+        "pretraining": {},
+        "tasks": {name: {} for name in tasks},
+        "ablations": {},
+        "lr_sweep": {},
     }
-    jobs: list[Job] = []
-    layout: dict[str, Any] = {"pretraining": {}, "tasks": {name: {} for name in tasks}, "ablations": {}}
-    needed = {pretrain_dirs[name] for name in tasks}
-    for label, (name, recipe) in pretrainings.items():
-        if pretrain_dirs[name] in needed:
-            jobs.append(pretrain_job(recipe, corpora[recipe.corpus], pretrain_dirs[name], budget, threads))
-            layout["pretraining"][label] = str(pretrain_dirs[name])
-    spacy_jobs: list[Job] = []
-    for name, task in tasks.items():
+    for label, name in (("NER (news)", "ner"), ("sentiment (IMDB)", "sst2")):
+        if dirs[name] in {dirs[task] for task in tasks}:
+            layout["pretraining"][label] = str(planner.pretraining(*recipes[name], dirs[name]))
+
+    def bert_arms(task: Task, suffix: str = "") -> Dict[str, str]:
+        arms = {}
         for arm in ("random", "pretrained"):
-            out = run_dir / f"{name}-{arm}"
-            jobs.append(
-                bert_job(
-                    task, out, recipes[name], pretrain_dirs[name] if arm == "pretrained" else None, threads
-                )
+            out = run_dir / f"{task.name}-{arm}{suffix}"
+            arms[arm] = str(
+                planner.bert(task, out, *recipes[task.name], dirs[task.name] if arm == "pretrained" else None)
             )
-            layout["tasks"][name][arm] = str(out)
-    # the spaCy arms the goals compare with (CoNLL-2003 and SST-2 CNN) before the others
+        return arms
+
+    for name, task in tasks.items():
+        layout["tasks"][name] = bert_arms(task)
+    # the spaCy arms the goals compare with (CoNLL-2003 and SST-2 CNN), the learning-rate sweep, the others
     spacy_arms = [
         (name, arm)
         for name, task in tasks.items()
@@ -601,54 +578,40 @@ def plan(
         if arm not in ("pretrained", "random")
     ]
     spacy_arms.sort(key=lambda item: item not in (("ner", "cnn"), ("sst2", "cnn")))
-    for name, arm in spacy_arms:
-        bert_outs = (run_dir / f"{name}-pretrained", run_dir / f"{name}-random")
-        out = run_dir / f"{name}-{arm}"
-        spacy_jobs.append(spacy_job(tasks[name], arm, out, bert_outs, threads))
-        layout["tasks"][name][arm] = str(out)
-    jobs += spacy_jobs[:2]
-    layout["lr_sweep"] = {}
-    for name in [name for name in budget.lr_sweep_tasks if name in tasks]:
-        for lr in budget.lr_sweep:
-            task = replace(tasks[name], finetune=replace(tasks[name].finetune, learning_rate=lr))
-            for arm in ("pretrained", "random"):
-                out = run_dir / f"{name}-{arm}-lr{lr:g}"
-                jobs.append(
-                    bert_job(
-                        task,
-                        out,
-                        recipes[name],
-                        pretrain_dirs[name] if arm == "pretrained" else None,
-                        threads,
+    for item in spacy_arms[:2] + [None] + spacy_arms[2:]:
+        if item is None:
+            for sweep_task in [task for task in budget.lr_sweep_tasks if task in tasks]:
+                for lr in budget.lr_sweep:
+                    task = replace(
+                        tasks[sweep_task], finetune=replace(tasks[sweep_task].finetune, learning_rate=lr)
                     )
-                )
-                layout["lr_sweep"].setdefault(name, {}).setdefault(f"{lr:g}", {})[arm] = str(out)
-    jobs += spacy_jobs[2:]
-    if not ablations:
-        return jobs, layout
+                    layout["lr_sweep"].setdefault(sweep_task, {})[f"{lr:g}"] = bert_arms(task, f"-lr{lr:g}")
+            continue
+        name, arm = item
+        bert_outs = (run_dir / f"{name}-pretrained", run_dir / f"{name}-random")
+        layout["tasks"][name][arm] = str(
+            planner.spacy(tasks[name], arm, run_dir / f"{name}-{arm}", bert_outs)
+        )
+    if not ablate:
+        return planner.jobs, layout
     variants = []
     if "sst2" in tasks:
         sst2 = replace(tasks["sst2"], finetune=budget.ablation_finetune)
-        variants += [(name, recipe, "sst2", sst2) for name, recipe in ablation_recipes(budget).items()]
+        variants += [(name, overrides, "imdb", sst2) for name, overrides in ablations(budget).items()]
     if budget.ner_case_ablation and "ner" in tasks:
-        recipe = replace(budget.ner_recipe, lowercase=not budget.ner_recipe.lowercase)
-        variants.append(("NER " + ("uncased" if recipe.lowercase else "cased"), recipe, "ner", tasks["ner"]))
-    for name, recipe, main, task in variants:
-        slug = "ablation-" + name.lower().replace(",", "").replace("=", "-").replace(" ", "-").replace(
-            ".", ""
-        ).replace("/", "-")
-        corpus = corpora[recipe.corpus]
-        jobs.append(
-            pretrain_job(
-                recipe, corpus, run_dir / slug / "pretrain", budget, threads, after=pretrain_dirs[main]
-            )
+        case = "components.bert_encoder.lowercase"
+        lowercase = not budget.ner_pretraining.get(case, recipe_value(case))
+        overrides = {**budget.ner_pretraining, case: lowercase}
+        variants.append(("NER " + ("uncased" if lowercase else "cased"), overrides, "news", tasks["ner"]))
+    for name, overrides, corpus, task in variants:
+        slug = "ablation-" + name.lower().translate(
+            {ord(","): None, ord("."): None, ord("="): "-", ord(" "): "-", ord("/"): "-"}
         )
-        jobs.append(bert_job(task, run_dir / slug / task.name, recipe, run_dir / slug / "pretrain", threads))
-        layout["ablations"][name] = {
-            "pretrain": str(run_dir / slug / "pretrain"),
-            "tuned": str(run_dir / slug / task.name),
-        }
-    return jobs, layout
+        main = dirs["sst2" if corpus == "imdb" else "ner"]
+        pretrain_dir = planner.pretraining(overrides, corpus, run_dir / slug / "pretrain", after=main)
+        tuned = planner.bert(task, run_dir / slug / task.name, overrides, corpus, pretrain_dir)
+        layout["ablations"][name] = {"pretrain": str(pretrain_dir), "tuned": str(tuned)}
+    return planner.jobs, layout
 
 
 # ---- report ------------------------------------------------------------------------------------
@@ -667,131 +630,89 @@ ROWS = [  # (task, split, metric, label)
     ("imdb", "test", "accuracy", "IMDB test acc"),
 ]
 TASK_NAMES = {"ner": "CoNLL-2003", "sst2": "SST-2", "imdb": "IMDB"}
+RECIPE_COLUMN = "recipe (size, unit, mask rate, NSP, case, length)"
 
 
-def report(results: dict[str, Any]) -> str:
-    info = results["machine"]
-    budget = results["budget"]
-    header = (
+def report(results: Dict[str, Any]) -> str:
+    info, budget = results["machine"], results["budget"]
+    lines = [
         f"Run: `python benchmarks/accuracy/run.py --mode {budget['name']} --jobs {results['jobs']}"
-        f" --tasks {' '.join(results['tasks'])}` on {info['date']}, "
-        f"commit {info['commit']}, {info['machine']}, total {results['total_wall_s'] / 60:.0f} min wall."
-    )
-    lines = [header, ""]
-    # main table
-    headers = ["", *ARM_NAMES.values(), "pretrained - random"]
+        f" --tasks {' '.join(results['tasks'])}` on {info['date']}, commit {info['commit']}, {info['cpu']}, "
+        f"{info['bf16']}, {info['load']}, total {results['total_wall_s'] / 60:.0f} min wall.",
+        "",
+    ]
     rows = []
     for task, split, metric, label in [row for row in ROWS if row[0] in results["tasks"]]:
         arms = results["tasks"][task]
         values = [arms[a]["scores"][split][metric] if a in arms else None for a in ARM_NAMES]
-        rows.append(
-            [label, *(f"{v:.1f}" if v is not None else "-" for v in values), f"{values[0] - values[1]:+.1f}"]
-        )
+        cells = [f"{v:.1f}" if v is not None else "-" for v in values]
+        rows.append([label, *cells, f"{values[0] - values[1]:+.1f}"])
     for task, label in [(task, label) for task, label in TASK_NAMES.items() if task in results["tasks"]]:
         arms = results["tasks"][task]
-        rows.append(
-            [
-                f"{label} train steps / CPU s",
-                *(
-                    f"{arms[a]['train']['steps']} / {arms[a]['train']['cpu_s']:.0f}" if a in arms else "-"
-                    for a in ARM_NAMES
-                ),
-                "",
-            ]
-        )
-    lines += [markdown_table(headers, rows), ""]
-    # pretraining
-    headers = [
-        "pretraining",
-        "corpus (docs / words)",
-        "recipe (size, unit, mask rate, NSP, case, length)",
-        "steps x batch pieces",
-        "pieces seen",
-        "wall / CPU min",
-        "held-out MLM acc",
-        "held-out NSP acc",
-    ]
+        cells = [
+            f"{arms[a]['train']['steps']} / {arms[a]['train']['cpu_s']:.0f}" if a in arms else "-"
+            for a in ARM_NAMES
+        ]
+        rows.append([f"{label} train steps / CPU s", *cells, ""])
+    lines += [markdown_table(["", *ARM_NAMES.values(), "pretrained - random"], rows), ""]
+    headers = ["pretraining", "corpus (docs / words)", RECIPE_COLUMN, "steps x batch pieces", "pieces seen"]
+    headers += ["wall / CPU min", "held-out MLM acc", "held-out NSP acc"]
     rows = []
     for name, stats in results["pretraining"].items():
         corpus = results["corpora"][stats["corpus"]]
-        rows.append(_pretrain_row(name, stats, corpus))
+        nsp = stats["eval_nsp_accuracy"]
+        rows.append(
+            [name, f"{stats['corpus']} ({corpus['docs']:,} / {corpus['words']:,})", stats["label"]]
+            + [f"{stats['steps']} x {stats['batch_tokens']}", f"{stats['pieces_seen']:,}"]
+            + [f"{stats['wall_s'] / 60:.1f} / {stats['cpu_s'] / 60:.1f}", f"{stats['eval_mlm_accuracy']:.1f}"]
+            + [f"{nsp:.1f}" if nsp is not None else "-"]
+        )
     lines += [markdown_table(headers, rows), ""]
-    # ablations
     if results.get("ablations"):
         headers = [
             "ablation",
-            "recipe (size, unit, mask rate, NSP, case, length)",
+            RECIPE_COLUMN,
             "steps",
             "pretraining CPU min",
             "held-out MLM acc",
             "fine-tuned on",
-            "dev",
-            "test",
         ]
         rows = []
         for name, ablation in results["ablations"].items():
-            recipe = Recipe(**ablation["pretrain"]["recipe"])
             metric = "ents_f" if "NER" in name else "accuracy"
-            scores = ablation["scores"]
+            pretraining, scores = ablation["pretrain"], ablation["scores"]
             rows.append(
-                [
-                    name,
-                    recipe.label(),
-                    recipe.steps,
-                    f"{ablation['pretrain']['cpu_s'] / 60:.1f}",
-                    f"{ablation['pretrain']['eval_mlm_accuracy']:.1f}",
+                [name, pretraining["label"], pretraining["steps"], f"{pretraining['cpu_s'] / 60:.1f}"]
+                + [
+                    f"{pretraining['eval_mlm_accuracy']:.1f}",
                     "CoNLL-2003 (F1)" if metric == "ents_f" else "SST-2 (acc)",
-                    f"{scores['dev'][metric]:.1f}",
-                    f"{scores['test'][metric]:.1f}",
                 ]
+                + [f"{scores['dev'][metric]:.1f}", f"{scores['test'][metric]:.1f}"]
             )
-        lines += [markdown_table(headers, rows), ""]
+        lines += [markdown_table([*headers, "dev", "test"], rows), ""]
     if results.get("lr_sweep"):
-        lines += [_lr_sweep_table(results), ""]
-    lines += _goal_lines(results)
-    return "\n".join(lines) + "\n"
+        lines += [lr_sweep_table(results), ""]
+    return "\n".join(lines + goal_lines(results)) + "\n"
 
 
-def _lr_sweep_table(results: dict[str, Any]) -> str:
+def lr_sweep_table(results: Dict[str, Any]) -> str:
     """Dev/test scores of both BERT arms for each fine-tuning learning rate tried."""
-    headers = ["fine-tuning lr", "task", "pretrained dev", "pretrained test", "random dev", "random test"]
     rows = []
     for name, lrs in results["lr_sweep"].items():
-        main_lr = results["budget"][name]["learning_rate"]
-        runs = {f"{main_lr:g}": results["tasks"][name], **lrs}
+        runs = {"config's": results["tasks"][name], **lrs}
         metric = "ents_f" if name == "ner" else "accuracy"
-        for lr in sorted(runs, key=float):
-            arms = runs[lr]
-            rows.append(
-                [
-                    lr,
-                    name,
-                    *(
-                        f"{arms[arm]['scores'][split][metric]:.1f}"
-                        for arm in ("pretrained", "random")
-                        for split in ("dev", "test")
-                    ),
-                ]
-            )
+        for lr, arms in runs.items():
+            scores = [
+                arms[arm]["scores"][split][metric]
+                for arm in ("pretrained", "random")
+                for split in ("dev", "test")
+            ]
+            rows.append([lr, name, *(f"{score:.1f}" for score in scores)])
+    headers = ["fine-tuning lr", "task", "pretrained dev", "pretrained test", "random dev", "random test"]
     return markdown_table(headers, rows)
 
 
-def _pretrain_row(name: str, stats: dict[str, Any], corpus: dict[str, int]) -> list[Any]:
-    recipe = Recipe(**stats["recipe"])
-    nsp = stats["eval_nsp_accuracy"]
-    return [
-        name,
-        f"{stats['corpus']} ({corpus['docs']:,} / {corpus['words']:,})",
-        recipe.label(),
-        f"{recipe.steps} x {recipe.batch_tokens}",
-        f"{stats['pieces_seen']:,}",
-        f"{stats['wall_s'] / 60:.1f} / {stats['cpu_s'] / 60:.1f}",
-        f"{stats['eval_mlm_accuracy']:.1f}",
-        f"{nsp:.1f}" if nsp is not None else "-",
-    ]
-
-
-def _goal_lines(results: dict[str, Any]) -> list[str]:
+def goal_lines(results: Dict[str, Any]) -> List[str]:
     tasks = results["tasks"]
     checks = []
     for task, split, metric, what in (
@@ -845,14 +766,13 @@ def main() -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     started = time.perf_counter()
-
-    snapshot_templates(run_dir)
+    info = machine()
     tasks, corpora = prepare_tasks(budget)
     tasks = {name: task for name, task in tasks.items() if name in args.tasks}
     jobs, layout = plan(budget, tasks, corpora, run_dir, threads, not args.skip_ablations)
     done = run_jobs(jobs, args.jobs)
     results = {
-        "machine": machine(),
+        "machine": info,
         "budget": asdict(budget),
         "jobs": args.jobs,
         "threads_per_run": threads,

@@ -18,9 +18,8 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Dict, List, Optional
 
 from spacy import util
 from spacy.util import registry
@@ -31,7 +30,7 @@ STATS_FILE = "train_stats.json"
 CALLBACK = "accuracy.cpu_budget.v1"
 
 # What the budget callback saw, for train_stats.json.
-PROGRESS: dict[str, Any] = {"steps": 0, "epoch": 0, "cpu_start": None, "wall_start": None}
+PROGRESS: Dict[str, Any] = {"steps": 0, "epoch": 0, "cpu_start": None, "wall_start": None}
 
 
 class BudgetSpent(Exception):
@@ -39,11 +38,11 @@ class BudgetSpent(Exception):
 
 
 @registry.callbacks(CALLBACK)
-def make_cpu_budget(budget_s: float | None = None) -> Callable[[Any, dict[str, Any]], None]:
+def make_cpu_budget(budget_s: Optional[float] = None) -> Callable[[Any, Dict[str, Any]], None]:
     """`[training.before_update]`: record the step; from the first update on, count this
     process's CPU seconds (all threads) and stop before the update that would exceed `budget_s`."""
 
-    def before_update(nlp: Any, args: dict[str, Any]) -> None:
+    def before_update(nlp: Any, args: Dict[str, Any]) -> None:
         if PROGRESS["cpu_start"] is None:
             PROGRESS["cpu_start"], PROGRESS["wall_start"] = time.process_time(), time.perf_counter()
         if budget_s is not None and time.process_time() - PROGRESS["cpu_start"] >= budget_s:
@@ -56,7 +55,7 @@ def make_cpu_budget(budget_s: float | None = None) -> Callable[[Any, dict[str, A
     return before_update
 
 
-def train(config_path: Path, output: Path) -> dict[str, Any]:
+def train(config_path: Path, output: Path) -> Dict[str, Any]:
     """`spacy train` with the config's `[training.before_update]` (normally make_cpu_budget)."""
     from spacy.training.initialize import init_nlp
     from spacy.training.loop import train as train_nlp
@@ -87,7 +86,7 @@ def train(config_path: Path, output: Path) -> dict[str, Any]:
     return stats
 
 
-def evaluate(model: Path, data: Path, task: str) -> dict[str, Any]:
+def evaluate(model: Path, data: Path, task: str) -> Dict[str, Any]:
     import spacy
     from spacy.tokens import DocBin
     from spacy.training import Example
@@ -96,7 +95,7 @@ def evaluate(model: Path, data: Path, task: str) -> dict[str, Any]:
     gold = list(DocBin().from_disk(data).get_docs(nlp.vocab))
     cpu_start, wall_start = time.process_time(), time.perf_counter()
     predicted = list(nlp.pipe((nlp.make_doc(doc.text) for doc in gold), batch_size=32))
-    scores: dict[str, Any] = {"docs": len(gold)}
+    scores: Dict[str, Any] = {"docs": len(gold)}
     if task == "ner":
         examples = [Example(p, g) for p, g in zip(predicted, gold)]
         ner = nlp.get_pipe("ner")
@@ -120,11 +119,11 @@ def evaluate(model: Path, data: Path, task: str) -> dict[str, Any]:
     return scores
 
 
-def _argmax(cats: dict[str, float]) -> str:
+def _argmax(cats: Dict[str, float]) -> str:
     return max(cats, key=lambda label: cats[label])
 
 
-def evaluate_all(model: Path, task: str, evals: list[str], output_dir: Path) -> None:
+def evaluate_all(model: Path, task: str, evals: List[str], output_dir: Path) -> None:
     for spec in evals:
         name, _, path = spec.partition("=")
         if not path:
