@@ -113,6 +113,19 @@ def cli(*args, **kwargs) -> subprocess.Popen:
     )
 
 
+def run_cli(*args):
+    """The bert-pretrain command in this process (no interpreter start-up): (exit code, output,
+    the exception it let out or None)."""
+    from spacy.cli._util import app
+    from typer.testing import CliRunner
+
+    import spacy_bert_plugin.cli  # noqa: F401 (registers bert-pretrain)
+
+    result = CliRunner().invoke(app, ["bert-pretrain", *map(str, args)])
+    escaped = None if isinstance(result.exception, SystemExit) else result.exception
+    return result.exit_code, result.output, escaped
+
+
 def cli_overrides(raw_text: Path, cache: Path, **extra) -> List[str]:
     """TINY_OVERRIDES and `extra` as command-line options."""
     values = {**TINY_OVERRIDES, "paths.raw_text": raw_text, "bert_pretraining.cache_dir": cache, **extra}

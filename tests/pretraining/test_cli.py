@@ -18,17 +18,15 @@ from pretraining_data import (
     config_with,
     failure_message,
     read_log,
+    run_cli,
     tiny_config,
     training_rows,
     write_probe_code,
 )
 from safetensors.torch import load_file
 from spacy import util
-from spacy.cli._util import app
 from spacy.util import import_file, registry
-from typer.testing import CliRunner
 
-import spacy_bert_plugin.cli  # noqa: F401 (registers bert-pretrain)
 from spacy_bert_plugin.pretraining import pretrain
 from spacy_bert_plugin.pretraining.runtime import default_threads
 from spacy_bert_plugin.pretraining.settings import (
@@ -50,13 +48,6 @@ def corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
-
-
-def run_cli(*args):
-    """The bert-pretrain command in this process: exit code, output, and any exception it let out."""
-    result = CliRunner().invoke(app, ["bert-pretrain", *map(str, args)])
-    escaped = None if isinstance(result.exception, SystemExit) else result.exception
-    return result.exit_code, result.output, escaped
 
 
 def without_omp_env():

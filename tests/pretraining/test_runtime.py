@@ -18,6 +18,7 @@ from pretraining_data import (
     cli_overrides,
     failure_message,
     read_log,
+    run_cli,
     tiny_config,
     training_rows,
     wait_for_log,
@@ -74,16 +75,16 @@ def test_resume_in_a_fresh_folder_starts_from_the_beginning(corpus, cache, tmp_p
 @pytest.mark.slow
 def test_resume_after_a_kill_before_the_first_save_starts_over(corpus, cache, tmp_path):
     out = tmp_path / "out"
-    args = cli_overrides(corpus, cache, **{"bert_pretraining.save_every": 100000})
-    first = cli(PRETRAIN_CFG, out, *args, "--bert_pretraining.max_steps", 100000)
+    long_run = {"bert_pretraining.max_steps": 100000, "bert_pretraining.save_every": 100000}
+    first = cli(PRETRAIN_CFG, out, *cli_overrides(corpus, cache, **long_run))
     assert wait_for_log(out, first), first.communicate()[0]
     first.kill()
     first.communicate()
     assert read_log(out) and not (out / "model-last").exists()
-    again = cli(PRETRAIN_CFG, out, *args, "--bert_pretraining.max_steps", 3, "--resume")
-    output, _ = again.communicate(timeout=120)
-    assert again.returncode == 0, output
-    assert "nothing saved" in output and "starting from the beginning" in output
+    stdout = io.StringIO()
+    config = tiny_config(corpus, cache, **{**long_run, "bert_pretraining.max_steps": 3})
+    pretrain(config, out, resume=True, stdout=stdout)
+    assert "nothing saved" in stdout.getvalue() and "starting from the beginning" in stdout.getvalue()
     # The killed run's lines are gone: the log reads as the one run that finished.
     assert [row["step"] for row in training_rows(out)] == [1, 2, 3]
     assert saved_step(out / "model-last") == 3
@@ -92,8 +93,8 @@ def test_resume_after_a_kill_before_the_first_save_starts_over(corpus, cache, tm
 @pytest.mark.slow
 def test_sigterm_saves_a_state_that_resume_finishes(corpus, cache, tmp_path):
     out = tmp_path / "out"
-    args = cli_overrides(corpus, cache, **{"bert_pretraining.save_every": 100000})
-    process = cli(PRETRAIN_CFG, out, *args, "--bert_pretraining.max_steps", 100000)
+    long_run = {"bert_pretraining.max_steps": 100000, "bert_pretraining.save_every": 100000}
+    process = cli(PRETRAIN_CFG, out, *cli_overrides(corpus, cache, **long_run))
     assert wait_for_log(out, process), process.communicate()[0]
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=60)
@@ -102,11 +103,9 @@ def test_sigterm_saves_a_state_that_resume_finishes(corpus, cache, tmp_path):
     stopped_at = saved_step(out / "model-last")
     assert stopped_at >= 1
     load_checkpoint(out / "model-last")
-    finish = cli(PRETRAIN_CFG, out, *args, "--bert_pretraining.max_steps", stopped_at + 2, "--resume")
-    output, _ = finish.communicate(timeout=120)
-    assert finish.returncode == 0, output
-    steps = [row["step"] for row in training_rows(out)]
-    assert steps == list(range(1, stopped_at + 3))
+    config = tiny_config(corpus, cache, **{**long_run, "bert_pretraining.max_steps": stopped_at + 2})
+    pretrain(config, out, resume=True, stdout=io.StringIO())
+    assert [row["step"] for row in training_rows(out)] == list(range(1, stopped_at + 3))
     assert saved_step(out / "model-last") == stopped_at + 2
 
 
@@ -119,12 +118,11 @@ def test_a_second_run_into_the_same_folder_stops_at_once(corpus, cache, tmp_path
         assert wait_for_log(out, first), first.communicate()[0]
         first.send_signal(signal.SIGSTOP)  # hold its log still while the second run tries
         log_before = (out / "log.jsonl").read_bytes()
-        second = cli(PRETRAIN_CFG, out, *args)
-        output, _ = second.communicate(timeout=120)
-        assert second.returncode == 1, output
+        code, output, escaped = run_cli(PRETRAIN_CFG, out, *args)
+        assert escaped is None, f"{type(escaped).__name__} escaped the CLI: {escaped}"
+        assert code == 1, output
         message = failure_message(output)
         assert str(out) in message and f"process {first.pid}" in message, message
-        assert "Traceback" not in output
         assert (out / "log.jsonl").read_bytes() == log_before
         assert not (out / "model-last").exists()
     finally:
