@@ -1,5 +1,6 @@
 """`python -m spacy bert-pretrain`: pretrain the bert_encoder on raw text."""
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -49,24 +50,33 @@ def bert_pretrain_cli(
     ),
 ) -> None:
     """Pretrain a BERT encoder with masked-LM or replaced-token detection (+ NSP or SOP) on raw
-    text (.txt with blank lines between documents, .jsonl with {"text": ...} per line, or
-    .spacy). Config values can be overridden as in `spacy train`, e.g. --paths.raw_text
+    text (.txt with blank lines between documents, .jsonl with {"text": ...} per line, .spacy,
+    their .gz; a file, a folder or a glob). Config values can be overridden as in `spacy train`, e.g. --paths.raw_text
     corpus.jsonl --bert_pretraining.max_steps 1000. Under torchrun, runs data-parallel on all ranks."""
     overrides = parse_config_overrides(ctx.args)
     import_code(code_path)
     with show_validation_error(config_path):
         config = util.load_config(config_path, overrides=overrides, interpolate=False)
-    try:
+    # Settings are validated when the run is built: spaCy prints those errors as `spacy train` does.
+    with show_validation_error(config_path, hint_fill=False), _user_errors():
         if dry_run:
-            msg.text(
+            print(
                 describe_plan(build_trainer(config, output_dir, resume=resume, gpu_id=gpu_id, dry_run=True))
             )
             msg.good(f"{config_path} is ready to train")
             return
         last = pretrain(config, output_dir, resume=resume, gpu_id=gpu_id)
+    msg.good(f"Pretraining done: {last} and {output_dir / 'model-best'}")
+
+
+@contextmanager
+def _user_errors():
+    try:
+        yield
     except USER_ERRORS as err:
         msg.fail(str(err), exits=1)
-    msg.good(f"Pretraining done: {last} and {output_dir / 'model-best'}")
+    except KeyboardInterrupt:  # before training starts; during training SIGINT saves and exits
+        msg.fail("interrupted before training started; nothing was saved", exits=130)
 
 
 def describe_plan(trainer: Trainer) -> str:
@@ -85,7 +95,7 @@ def describe_plan(trainer: Trainer) -> str:
     return "\n".join(
         [
             f"Model: {config.num_layers} layers x {config.hidden_width}, {config.num_heads} heads, "
-            f"{trainer.pieces.vocab_size:,} pieces, {params / 1e6:.1f}M parameters (objectives included)",
+            f"{trainer.pieces.vocab_size:,} pieces, {params:,} parameters (objectives' included)",
             f"Objectives: {', '.join(settings.objectives)}",
             f"Corpus: {train.n_docs:,} training docs ({train.n_pieces:,} pieces), {heldout.n_docs:,} held out",
             f"Budget: {budget}, batches of {settings.batch_tokens:,} pieces of up to {settings.max_length}"

@@ -1,6 +1,7 @@
 """From a config to a ready `Trainer`: settings, device, vocabulary, model, corpora, and the
 saved state when resuming."""
 
+import io
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -15,18 +16,10 @@ from ..bert.heads import BertForPretraining
 from ..checkpoint import load_checkpoint, recover_interrupted_save
 from ..layers import dropout_rates
 from ..pieces import WordPieces
-from .corpus import (
-    CorpusError,
-    CorpusStats,
-    PieceCorpus,
-    build_piece_corpora,
-    cache_folder,
-    read_docs,
-    read_texts,
-)
+from .corpus import PieceCorpus, prepare_corpora
 from .log import TrainingLog
 from .runtime import Distributed, PretrainingError, check_output_dir, select_device, set_threads
-from .settings import PretrainingSettings, cache_root, read_settings
+from .settings import PretrainingSettings, read_settings
 from .trainer import STATE_FILE, Trainer, load_saved_objectives
 
 FACTORY = "bert_encoder"
@@ -70,7 +63,6 @@ def build_trainer(
     interpolated = config.interpolate()
     settings = read_settings(interpolated)
     set_threads(settings.threads, dist)
-    raw_text = _raw_text_path(interpolated)
     nlp = util.load_model_from_config(config, auto_fill=True, validate=True)
     component = _find_component(nlp)
     last_dir = output_dir / "model-last"
@@ -89,7 +81,22 @@ def build_trainer(
         model, pieces = load_checkpoint(last_dir, **dropout_rates(component.model))
         saved_objectives = load_saved_objectives(last_dir)
     else:
-        model, pieces, saved_objectives = _initial_model(interpolated, component, raw_text, settings, dist)
+        model, pieces, saved_objectives = _pretrained_model(interpolated, component)
+    raw_text = interpolated.get("paths", {}).get("raw_text")
+    if not raw_text:
+        raise PretrainingError(
+            "[paths] raw_text is not set: pass --paths.raw_text corpus.jsonl (or a folder, a glob)"
+        )
+    pieces, train_corpus, heldout_corpus = _corpora(raw_text, nlp, component, pieces, settings, dist, stdout)
+    if model is None:
+        config = replace(
+            component.model.attrs["bert_config"],
+            vocab_size=pieces.vocab_size,
+            pad_token_id=pieces.pad_id,
+            trained_positions=settings.max_length,
+        )
+        torch.manual_seed(settings.seed)
+        model = BertForPretraining(config)
     if settings.max_length > model.config.max_positions:
         raise PretrainingError(
             f"[bert_pretraining] max_length = {settings.max_length} exceeds the model's max_positions = "
@@ -98,13 +105,16 @@ def build_trainer(
     if model.config.trained_positions is not None:  # None: a checkpoint trained on all its positions
         trained = max(model.config.trained_positions, settings.max_length)
         model.config = model.encoder.config = replace(model.config, trained_positions=trained)
-    train_corpus, heldout_corpus = _piece_corpora(raw_text, nlp, pieces, settings, dist, stdout)
+    trainer = Trainer(
+        model, pieces, settings, train_corpus, heldout_corpus, output_dir, device, dist,
+        saved_state, saved_objectives,
+    )  # fmt: skip
     active = dist.is_main and not dry_run
     if active:
-        check_output_dir(output_dir, _save_bytes(model, settings))
-    log = TrainingLog(
+        check_output_dir(output_dir, _save_bytes(trainer))
+    trainer.log = TrainingLog(
         output_dir,
-        saved_state["step"] if saved_state else 0,
+        trainer.state["step"],
         active,
         stdout,
         settings.logger if active else None,
@@ -114,88 +124,55 @@ def build_trainer(
         settings.max_steps,
         settings.eval_every,
     )
-    trainer = Trainer(
-        model, pieces, settings, train_corpus, heldout_corpus, output_dir, device, dist, log,
-        saved_state, saved_objectives,
-    )  # fmt: skip
     trainer.state["run_config"] = run_config
     return trainer
 
 
-def _initial_model(
-    config: Config, component, raw_text: Path, settings: PretrainingSettings, dist: Distributed
-) -> Tuple[BertForPretraining, WordPieces, Optional[Dict[str, torch.Tensor]]]:
-    """Continued pretraining from a checkpoint (with the objectives' modules when it has them), or
-    a new model with a vocabulary learnt from the corpus."""
+def _pretrained_model(
+    config: Config, component
+) -> Tuple[Optional[BertForPretraining], Optional[WordPieces], Optional[Dict[str, torch.Tensor]]]:
+    """The checkpoint continued pretraining starts from (with its objectives' modules when it has
+    them), or nothing: a new model, with a vocabulary learnt from the corpus."""
     init = config.get("initialize", {}).get("components", {}).get(component.name, {})
     checkpoint = init.get("checkpoint") or component.cfg["checkpoint"]
-    if checkpoint:
-        model, pieces = load_checkpoint(checkpoint, **dropout_rates(component.model))
-        return model, pieces, load_saved_objectives(Path(checkpoint))
-    pieces = _learned_vocab(raw_text, component, settings, dist)
-    bert_config = replace(
-        component.model.attrs["bert_config"],
-        vocab_size=pieces.vocab_size,
-        pad_token_id=pieces.pad_id,
-        trained_positions=settings.max_length,
-    )
-    torch.manual_seed(settings.seed)
-    return BertForPretraining(bert_config), pieces, None
+    if not checkpoint:
+        return None, None, None
+    model, pieces = load_checkpoint(checkpoint, **dropout_rates(component.model))
+    return model, pieces, load_saved_objectives(Path(checkpoint))
 
 
-def _learned_vocab(raw_text: Path, component, settings: PretrainingSettings, dist: Distributed) -> WordPieces:
-    stat = raw_text.stat()
-    key = f"vocab-{component.cfg['vocab_size']}-{int(component.cfg['lowercase'])}-{stat.st_size}-{stat.st_mtime_ns}"
-    folder = cache_root(settings) / key / raw_text.name
-    if dist.is_main and not (folder / "vocab.txt").exists():
-        if raw_text.suffix == ".spacy":
-            from spacy.tokens import DocBin
-
-            texts = (
-                doc.text for doc in DocBin().from_disk(raw_text).get_docs(util.get_lang_class("xx")().vocab)
-            )
-        else:
-            texts = read_texts(raw_text, settings.bad_lines)
-        learned = WordPieces.train(texts, component.cfg["vocab_size"], lowercase=component.cfg["lowercase"])
-        folder.mkdir(parents=True, exist_ok=True)
-        learned.to_disk(folder)
-    dist.barrier()
-    return WordPieces.from_disk(folder)
-
-
-def _piece_corpora(
-    raw_text: Path,
+def _corpora(
+    raw_text,
     nlp: Language,
-    pieces: WordPieces,
+    component,
+    pieces: Optional[WordPieces],
     settings: PretrainingSettings,
     dist: Distributed,
     stdout: TextIO,
-) -> Tuple[PieceCorpus, PieceCorpus]:
-    folder = cache_folder(cache_root(settings), raw_text, pieces, nlp, settings.heldout_docs)
-    if dist.is_main and not (folder / "train" / "meta.json").exists():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        stats = CorpusStats()
-        docs = read_docs(raw_text, nlp, settings.bad_lines, settings.n_process, stats)
-        built = build_piece_corpora(docs, pieces, folder, settings.heldout_docs)
-        print(
-            f"Encoded {raw_text}: {built.docs} docs with text, {stats.skipped_lines} bad lines skipped; "
-            f"cache {folder}",
-            file=stdout,
+) -> Tuple[WordPieces, PieceCorpus, PieceCorpus]:
+    """The main process prepares the corpus (and learns the vocabulary); the others then read its cache."""
+
+    def prepare(out: TextIO) -> Tuple[WordPieces, PieceCorpus, PieceCorpus]:
+        return prepare_corpora(
+            raw_text,
+            nlp,
+            settings,
+            out,
+            pieces=pieces,
+            vocab_size=component.cfg["vocab_size"],
+            lowercase=component.cfg["lowercase"],
         )
+
+    prepared = prepare(stdout) if dist.is_main else None
     dist.barrier()
-    train, heldout = PieceCorpus.load(folder / "train"), PieceCorpus.load(folder / "heldout")
-    if not train.n_docs:
-        raise CorpusError(
-            f"{raw_text} has no training text left after the {heldout.n_docs} held-out docs: "
-            "add text or lower [bert_pretraining] heldout_docs"
-        )
-    return train, heldout
+    return prepared or prepare(io.StringIO())
 
 
-def _save_bytes(model: BertForPretraining, settings: PretrainingSettings) -> int:
-    """What the saves of a run hold on disk at their fullest: model-last (weights and AdamW's two
-    moments), model-best (weights), and a second model-last while a save is swapped in."""
-    params = sum(p.numel() for p in model.parameters())
+def _save_bytes(trainer: Trainer) -> int:
+    """What the saves of a run hold on disk at their fullest: model-last (weights, the objectives'
+    modules and AdamW's two moments), model-best (weights and modules), and a second model-last
+    while a save is swapped in."""
+    params = sum(p.numel() for p in trainer.module.parameters())
     weights = params * 4
     return (weights + 2 * weights) * 2 + weights
 
@@ -227,20 +204,6 @@ def _check_resumable(saved: Dict[str, Any], current: Dict[str, Any], last_dir: P
         )
     for key in changed:
         print(f"--resume: {key} changed from {saved.get(key)!r} to {current.get(key)!r}", file=stdout)
-
-
-def _raw_text_path(config: Config) -> Path:
-    raw = config.get("paths", {}).get("raw_text")
-    if not raw:
-        raise PretrainingError(
-            "[paths] raw_text is not set: pass --paths.raw_text corpus.jsonl (.txt, .jsonl or .spacy)"
-        )
-    path = Path(raw)
-    if not path.is_file():
-        raise PretrainingError(f"[paths] raw_text: {path} does not exist or is not a file")
-    if path.stat().st_size == 0:
-        raise CorpusError(f"{path} is empty: pretraining needs text")
-    return path
 
 
 def _find_component(nlp: Language):

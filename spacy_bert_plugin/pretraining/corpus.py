@@ -30,6 +30,7 @@ from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 
 from ..pieces import WordPieces
+from .runtime import is_disk_full
 from .settings import PretrainingSettings, cache_root
 
 CACHE_VERSION = 2
@@ -462,6 +463,14 @@ def _build(
             flush=True,
         )
         raise
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not is_disk_full(err):
+            raise
+        raise CorpusError(
+            f"the disk is full: writing the corpus cache {tmp} failed ({err.strerror}); free space or set "
+            "[bert_pretraining] cache_dir to a folder on a disk with room"
+        ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -568,57 +577,3 @@ class _Progress:
             file=self.stdout,
             flush=True,
         )
-
-
-# build.py reads the corpus with these until it calls prepare_corpora; delete them then.
-
-
-def read_docs(
-    path: Path,
-    nlp: Language,
-    bad_lines: str = "error",
-    n_process: int = 1,
-    stats: Optional[CorpusStats] = None,
-) -> Iterator[Doc]:
-    stats = stats if stats is not None else CorpusStats()
-    splitter = spacy.blank(nlp.lang)
-    splitter.tokenizer = nlp.tokenizer
-    sentencizer = splitter.add_pipe("sentencizer")
-    if path.suffix == ".spacy":
-        for doc in DocBin().from_disk(path).get_docs(splitter.vocab):
-            stats.docs += 1
-            yield doc if doc.has_annotation("SENT_START") else sentencizer(doc)
-    else:
-        texts = read_texts(path, bad_lines, stats)
-        yield from splitter.pipe(texts, batch_size=CONVERSION_BATCH, n_process=n_process)
-
-
-def build_piece_corpora(
-    docs: Iterable[Doc], pieces: WordPieces, folder: Path, heldout_docs: int
-) -> CorpusStats:
-    tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
-    word_docs = ([[token.text for token in sent] for sent in doc.sents] for doc in docs)
-    with open(os.devnull, "w") as devnull, _Progress(devnull, "") as progress:
-        written = _encode(word_docs, pieces, tmp, heldout_docs, progress)
-    os.replace(tmp, folder)
-    return CorpusStats(docs=written)
-
-
-def cache_folder(
-    cache_root: Path, corpus_path: Path, pieces: WordPieces, nlp: Language, heldout_docs: int
-) -> Path:
-    stat = corpus_path.stat()
-    key = hashlib.sha256()
-    for part in (
-        CACHE_VERSION,
-        corpus_path.resolve(),
-        stat.st_size,
-        stat.st_mtime_ns,
-        nlp.lang,
-        heldout_docs,
-        pieces.lowercase,
-        "\n".join(pieces.vocab_list()),
-    ):
-        key.update(str(part).encode("utf8"))
-        key.update(b"\0")
-    return cache_root / key.hexdigest()[:16]

@@ -98,10 +98,9 @@ class ReplacedTokenDetection(Objective):
         self.generator = Generator(model, self.width_fraction, self.generator_layers)
         self.head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, 1))
         self.head.apply(type(model.encoder)._init_weights)
-        never_sampled = torch.zeros(model.config.vocab_size, dtype=torch.bool)
-        never_sampled[pieces.special_ids] = True
-        never_sampled[pieces.vocab_size :] = True
-        self.register_buffer("never_sampled", never_sampled, persistent=False)
+        # Special pieces, and embedding rows past the vocabulary, are never sampled.
+        never_sampled = [*pieces.special_ids, *range(pieces.vocab_size, model.config.vocab_size)]
+        self.register_buffer("never_sampled", torch.tensor(never_sampled), persistent=False)
 
     def prepare(self, batch: Batch, pieces: WordPieces, rng: numpy.random.Generator) -> None:
         masked = mask_pieces(
@@ -128,7 +127,7 @@ class ReplacedTokenDetection(Objective):
         logits = self.generator.head(selected, model.encoder.embeddings.word.weight).float()
         generator_loss = F.cross_entropy(logits, originals)
         with torch.no_grad():
-            sampled = _gumbel_argmax(logits.masked_fill(self.never_sampled, float("-inf")))
+            sampled = sample(logits, self.never_sampled)
             replaced = input_ids.flatten().index_copy(0, positions, sampled)
             # A sample equal to the original is original: the discriminator cannot tell it apart.
             is_replaced = torch.zeros_like(replaced, dtype=torch.bool)
@@ -162,10 +161,15 @@ class ReplacedTokenDetection(Objective):
         return self.weight * loss + self.generator_weight * generator_loss, metrics
 
 
-def _gumbel_argmax(logits: Tensor) -> Tensor:
-    """One sample per row from softmax(logits)."""
-    uniform = torch.rand_like(logits).clamp_(1e-9, 1 - 1e-9)
-    return (logits - torch.log(-torch.log(uniform))).argmax(-1)
+def sample(logits: Tensor, never: Tensor) -> Tensor:
+    """One id per row, drawn from softmax(logits) with the `never` ids left out. By the inverse
+    of the cumulative distribution: one random number per row, where Gumbel-max takes one per
+    logit and cost a fifth of a BERT-Tiny step."""
+    probs = logits.softmax(-1)
+    probs[:, never] = 0
+    cumulative = probs.cumsum_(-1)
+    threshold = torch.rand(len(cumulative), 1, device=logits.device) * cumulative[:, -1:]
+    return torch.searchsorted(cumulative, threshold).squeeze(1).clamp_(max=logits.shape[-1] - 1)
 
 
 @registry.bert_objectives("spacy_bert_plugin.RTD.v1")

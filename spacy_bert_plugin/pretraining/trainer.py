@@ -4,6 +4,7 @@ A `Trainer` is made by `build.build_trainer` (or `pretrain`); `step()` runs one 
 `run()` steps until `max_steps` or `max_minutes` is reached or `stop()` says so.
 """
 
+import io
 import math
 import time
 from contextlib import nullcontext
@@ -75,14 +76,14 @@ class Trainer:
         output_dir: Path,
         device: torch.device,
         dist: Distributed,
-        log: TrainingLog,
         saved_state: Optional[dict] = None,
         saved_objectives: Optional[Dict[str, Tensor]] = None,
     ):
         self.model, self.pieces, self.settings = model, pieces, settings
         self.train_corpus, self.heldout_corpus = train_corpus, heldout_corpus
         self.last_dir, self.best_dir = output_dir / "model-last", output_dir / "model-best"
-        self.device, self.dist, self.log = device, dist, log
+        self.device, self.dist = device, dist
+        self.log: Optional[TrainingLog] = None  # set by build_trainer
         self.pairing = next((obj.pairing for obj in settings.objectives.values() if obj.pairing), None)
         # Heads no objective trains get no gradient (and DDP must not wait for one).
         trained_heads = {head for obj in settings.objectives.values() for head in obj.heads}
@@ -304,7 +305,9 @@ class Trainer:
                     "optimizer": self.optimizer.state_dict(),
                     "torch_rng": torch.get_rng_state(),
                 }
-                torch.save(state, tmp / STATE_FILE)
+                buffer = io.BytesIO()  # written by Python, so a full disk raises OSError as any write does
+                torch.save(state, buffer)
+                (tmp / STATE_FILE).write_bytes(buffer.getbuffer())
 
         try:
             save_checkpoint(folder, self.model, self.pieces, write_extra=write_extra)

@@ -220,3 +220,18 @@ def test_two_process_ddp_follows_the_single_process_curve(alice_corpus, tmp_path
         # agrees less closely than the generator's.
         assert b["generator_mlm_loss"] == pytest.approx(a["generator_mlm_loss"], rel=0.02)
         assert b["rtd_loss"] == pytest.approx(a["rtd_loss"], rel=0.15)
+
+
+def test_replacements_follow_the_generator_distribution():
+    from spacy_bert_plugin.pretraining.rtd import sample
+
+    torch.manual_seed(0)
+    logits = torch.tensor([[0.0, 1.0, 2.0, 0.5, -1.0]]).log_softmax(-1).repeat(40_000, 1)
+    never = torch.tensor([0])
+    drawn = sample(logits, never)
+    expected = logits[0].softmax(-1)
+    expected[never] = 0
+    expected /= expected.sum()
+    frequencies = torch.bincount(drawn, minlength=5).float() / len(drawn)
+    assert frequencies[0] == 0
+    torch.testing.assert_close(frequencies, expected, atol=0.01, rtol=0)
