@@ -10,6 +10,8 @@ from typing import Any, Callable, Dict, List, Optional, TextIO
 
 from spacy.language import Language
 
+from .runtime import PretrainingError, is_disk_full
+
 LOG_FILE = "log.jsonl"
 
 
@@ -60,8 +62,16 @@ class TrainingLog:
         record = {
             key: (round(value, 6) if isinstance(value, float) else value) for key, value in record.items()
         }
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        except OSError as err:
+            if not is_disk_full(err):
+                raise
+            raise PretrainingError(
+                f"the disk is full: writing {self.file.name} at step {record['step']} failed "
+                f"({err.strerror}); model-last holds the last save. Free space, then rerun with --resume"
+            ) from None
 
     def report(
         self, step: int, epoch: int, loss: float, tokens: int, seconds: float, scores: Dict[str, float]
