@@ -146,8 +146,8 @@ def read_checkpoint(
     layers = {int(match.group(1)) for match in map(HF_LAYER_KEY.match, hf_state) if match}
     if layers and max(layers) + 1 != config.num_layers:
         raise CheckpointError(
-            f"{folder / CONFIG_FILE} says {config.num_layers} layers (num_hidden_layers) but {weights_path} "
-            f"holds {max(layers) + 1}: set num_hidden_layers to {max(layers) + 1} there"
+            f"{folder / CONFIG_FILE} says num_hidden_layers = {config.num_layers} but {weights_path} holds "
+            f"{max(layers) + 1} layers: set num_hidden_layers to {max(layers) + 1} there"
         )
     state, missing, unused = from_hf_state(hf_state, config.num_layers)
     # The pooler only feeds next-sentence prediction, and BertForMaskedLM checkpoints lack it.
@@ -164,8 +164,8 @@ def read_checkpoint(
     unused_encoder = [key for key in unused if key.startswith("bert.") and key not in IGNORED_HF_KEYS]
     if unused_encoder:
         raise CheckpointError(
-            f"{weights_path} holds {len(unused_encoder)} encoder weights that {folder / CONFIG_FILE} has "
-            f"no place for, e.g. {unused_encoder[:3]}; is it a BERT checkpoint?"
+            f"{weights_path} holds encoder weights that {folder / CONFIG_FILE} has no place for "
+            f"({len(unused_encoder)}, e.g. {unused_encoder[:3]}); is it a BERT checkpoint?"
         )
     return Checkpoint(folder, config, pieces, weights_path, state)
 
