@@ -193,14 +193,12 @@ def new_random_encoder(model: Model, pieces: WordPieces) -> TorchBertEncoder:
 
 def window_size(model: Model) -> int:
     """`window`, by default the positions the weights were trained on, less [CLS] and [SEP]."""
-    return _window(model.attrs["window"], get_encoder(model).config)
-
-
-def _window(window: Optional[int], config: BertConfig) -> int:
+    config = get_encoder(model).config
     limit = config.max_positions - 2
+    window = model.attrs["window"]
     if window is None:
-        return min(limit, (config.trained_positions or config.max_positions) - 2)
-    if window > limit:
+        window = min(limit, (config.trained_positions or config.max_positions) - 2)
+    if not 0 < window <= limit:
         raise EncoderConfigError(
             f"{MODEL_SECTION} window must be between 1 and max_positions - 2 = {limit} (positions for "
             f"[CLS] and [SEP]), not {window}: lower it, or set null"
