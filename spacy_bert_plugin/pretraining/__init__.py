@@ -5,10 +5,9 @@ detection, optionally with a segment-pair objective (NSP or SOP).
 time (`Trainer.step`, `Trainer.run`, `Trainer.evaluate`), for benchmarks and custom loops.
 """
 
-import sys
 from contextlib import nullcontext
 from pathlib import Path
-from typing import TextIO
+from typing import Optional, TextIO
 
 from thinc.api import Config
 
@@ -20,7 +19,12 @@ __all__ = ["PretrainingError", "Trainer", "build_trainer", "pretrain"]
 
 
 def pretrain(
-    config: Config, output_dir: Path, *, resume: bool = False, gpu_id: int = -1, stdout: TextIO = sys.stdout
+    config: Config,
+    output_dir: Path,
+    *,
+    resume: bool = False,
+    gpu_id: int = -1,
+    stdout: Optional[TextIO] = None,
 ) -> Path:
     """Run pretraining as the config says; returns the `model-last` folder. SIGINT or SIGTERM
     ends the run after the current step with `model-last` saved, and exits 128 + the signal."""

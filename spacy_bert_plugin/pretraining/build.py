@@ -50,13 +50,14 @@ def build_trainer(
     *,
     resume: bool = False,
     gpu_id: int = -1,
-    stdout: TextIO = sys.stdout,
+    stdout: Optional[TextIO] = None,
     dry_run: bool = False,
 ) -> Trainer:
     """Everything `spacy bert-pretrain` does before its first step. With `resume`, continue from
     `output_dir/model-last` (or start anew, saying so, when nothing was saved there). With
     `dry_run`, nothing is written to `output_dir` (the corpus cache is filled as usual)."""
     output_dir = Path(output_dir)
+    stdout = stdout or sys.stdout
     dist = Distributed()
     device = select_device(gpu_id, dist)
     dist.start(device)

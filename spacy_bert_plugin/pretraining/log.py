@@ -5,8 +5,9 @@ held-out accuracies as scores."""
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, TextIO
+from typing import Any, Callable, Dict, Iterator, List, Optional, TextIO
 
 from spacy.language import Language
 
@@ -44,7 +45,8 @@ class TrainingLog:
                 for line in path.read_text().splitlines()
                 if line and json.loads(line)["step"] <= resumed_step
             ]
-            path.write_text("".join(line + "\n" for line in lines))
+            with _reporting_a_full_disk(path, resumed_step):
+                path.write_text("".join(line + "\n" for line in lines))
         self.file = path.open("a")
         if logger is not None:
             # spaCy's loggers read the run's shape from [training], as `spacy train` fills it.
@@ -62,16 +64,9 @@ class TrainingLog:
         record = {
             key: (round(value, 6) if isinstance(value, float) else value) for key, value in record.items()
         }
-        try:
+        with _reporting_a_full_disk(Path(self.file.name), record["step"]):
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
-        except OSError as err:
-            if not is_disk_full(err):
-                raise
-            raise PretrainingError(
-                f"the disk is full: writing {self.file.name} at step {record['step']} failed "
-                f"({err.strerror}); model-last holds the last save. Free space, then rerun with --resume"
-            ) from None
 
     def report(
         self, step: int, epoch: int, loss: float, tokens: int, seconds: float, scores: Dict[str, float]
@@ -105,8 +100,25 @@ class TrainingLog:
 
     def close(self) -> None:
         if self.file is not None:
-            self.file.close()
-            self.file = None
+            file, self.file = self.file, None
+            try:
+                file.close()
+            except OSError as err:  # the write that filled the disk has been reported
+                if not is_disk_full(err):
+                    raise
         if self.finalize is not None:
             self.finalize()
             self.finalize = None
+
+
+@contextmanager
+def _reporting_a_full_disk(path: Path, step: int) -> Iterator[None]:
+    try:
+        yield
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        raise PretrainingError(
+            f"the disk is full: writing {path} at step {step} failed ({err.strerror}); model-last holds "
+            "the last save. Free space, then rerun with --resume"
+        ) from None
