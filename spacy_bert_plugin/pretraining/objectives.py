@@ -81,19 +81,9 @@ class MaskedLanguageModel(Objective):
         self.mean_span_words = mean_span_words
 
     def prepare(self, batch: Batch, pieces: WordPieces, rng: numpy.random.Generator) -> None:
-        masked = mask_pieces(
-            batch.input_ids,
-            batch.maskable,
-            batch.word_start,
-            rng,
-            mask_id=pieces.mask_id,
-            random_ids=(len(pieces.special_ids), pieces.vocab_size),
-            rate=self.mask_rate,
-            unit=self.unit,
-            mean_span_words=self.mean_span_words,
+        batch.extra["mlm_labels"] = mask_batch(
+            batch, pieces, rng, self.mask_rate, self.unit, self.mean_span_words
         )
-        batch.input_ids = masked.input_ids
-        batch.extra["mlm_labels"] = masked.labels
 
     def loss(
         self, model: BertForPretraining, hidden: Tensor, batch: Batch, tensors: Tensors
@@ -117,6 +107,30 @@ def check_masking(name: str, mask_rate: float, unit: str) -> None:
             f"[bert_pretraining.objectives.{name}] unit = {unit!r} is not a masking unit; use one of "
             + ", ".join(f'"{u}"' for u in MASK_UNITS)
         )
+
+
+def mask_batch(
+    batch: Batch,
+    pieces: WordPieces,
+    rng: numpy.random.Generator,
+    rate: float,
+    unit: str,
+    mean_span_words: float,
+) -> numpy.ndarray:
+    """Mask the batch's input as BERT does; returns the labels (original id where masked)."""
+    masked = mask_pieces(
+        batch.input_ids,
+        batch.maskable,
+        batch.word_start,
+        rng,
+        mask_id=pieces.mask_id,
+        random_ids=(len(pieces.special_ids), pieces.vocab_size),
+        rate=rate,
+        unit=unit,
+        mean_span_words=mean_span_words,
+    )
+    batch.input_ids = masked.input_ids
+    return masked.labels
 
 
 def masked_positions(labels: numpy.ndarray, device: torch.device) -> Tuple[Tensor, Tensor]:

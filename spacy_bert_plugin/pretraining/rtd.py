@@ -20,8 +20,7 @@ from ..bert.encoder import BertLayer
 from ..bert.heads import BertForPretraining, MaskedLMHead
 from ..pieces import WordPieces
 from .instances import Batch
-from .masking import mask_pieces
-from .objectives import Metrics, Objective, Tensors, check_masking, masked_positions
+from .objectives import Metrics, Objective, Tensors, check_masking, mask_batch, masked_positions
 from .settings import SettingsError
 
 
@@ -103,19 +102,9 @@ class ReplacedTokenDetection(Objective):
         self.register_buffer("never_sampled", torch.tensor(never_sampled), persistent=False)
 
     def prepare(self, batch: Batch, pieces: WordPieces, rng: numpy.random.Generator) -> None:
-        masked = mask_pieces(
-            batch.input_ids,
-            batch.maskable,
-            batch.word_start,
-            rng,
-            mask_id=pieces.mask_id,
-            random_ids=(len(pieces.special_ids), pieces.vocab_size),
-            rate=self.mask_rate,
-            unit=self.unit,
-            mean_span_words=self.mean_span_words,
+        batch.extra["rtd_labels"] = mask_batch(
+            batch, pieces, rng, self.mask_rate, self.unit, self.mean_span_words
         )
-        batch.input_ids = masked.input_ids
-        batch.extra["rtd_labels"] = masked.labels
 
     def before_encoder(self, model: BertForPretraining, tensors: Tensors, batch: Batch) -> Tensors:
         input_ids = tensors["input_ids"]
