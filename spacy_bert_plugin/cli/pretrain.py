@@ -10,11 +10,12 @@ from spacy.cli._util import Arg, Opt, app, import_code, parse_config_overrides, 
 from wasabi import msg
 
 from ..checkpoint import CheckpointError
+from ..layers import EncoderConfigError
 from ..pretraining import PretrainingError, Trainer, build_trainer, pretrain
 from ..pretraining.corpus import CorpusError
 from ..pretraining.settings import SettingsError
 
-USER_ERRORS = (PretrainingError, CorpusError, CheckpointError, SettingsError)
+USER_ERRORS = (PretrainingError, CorpusError, CheckpointError, SettingsError, EncoderConfigError)
 
 
 @app.command(

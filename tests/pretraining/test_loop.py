@@ -24,6 +24,7 @@ from pretraining_data import (
 from safetensors.torch import load_file
 from spacy import util
 
+from spacy_bert_plugin.layers import get_encoder
 from spacy_bert_plugin.pretraining import PretrainingError, pretrain
 from spacy_bert_plugin.pretraining.objectives import Objective
 
@@ -283,7 +284,7 @@ def test_pretraining_on_real_sentences_then_ner_starts_from_it(tmp_path):
     )
     nlp = util.load_model_from_config(ner_config, auto_fill=True)
     nlp.initialize(lambda: conll_examples(nlp, 20))
-    encoder = nlp.get_pipe("bert_encoder").model.layers[0].shims[0]._model.encoder
+    encoder = get_encoder(nlp.get_pipe("bert_encoder").model)
     best = weights(out / "model-best")
     torch.testing.assert_close(
         encoder.embeddings.word.weight.detach(), best["bert.embeddings.word_embeddings.weight"]
