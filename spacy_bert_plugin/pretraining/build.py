@@ -70,14 +70,7 @@ def build_trainer(
     recover_interrupted_save(last_dir)
     recover_interrupted_save(output_dir / "model-best")
     run_config = _run_config(interpolated, component.name)
-    saved_state = None
-    if resume and not (last_dir / STATE_FILE).exists():
-        print(f"--resume: nothing saved in {last_dir} yet; starting from the beginning", file=stdout)
-    elif resume:
-        saved_state = torch.load(last_dir / STATE_FILE, map_location="cpu", weights_only=True)
-        saved_run_config = saved_state.pop("run_config", None)
-        if saved_run_config is not None:
-            _check_resumable(saved_run_config, run_config, last_dir, stdout)
+    saved_state = _saved_state(last_dir, run_config, stdout) if resume else None
     if saved_state is not None:
         model, pieces = load_checkpoint(last_dir, **dropout_rates(component.model))
         saved_objectives = load_saved_objectives(last_dir)
@@ -89,15 +82,7 @@ def build_trainer(
             "[paths] raw_text is not set: pass --paths.raw_text corpus.jsonl (or a folder, a glob)"
         )
     pieces, train_corpus, heldout_corpus = _corpora(raw_text, nlp, component, pieces, settings, dist, stdout)
-    if model is None:
-        config = replace(
-            component.model.attrs["bert_config"],
-            vocab_size=pieces.vocab_size,
-            pad_token_id=pieces.pad_id,
-            trained_positions=settings.max_length,
-        )
-        torch.manual_seed(settings.seed)
-        model = BertForPretraining(config)
+    model = model or _new_model(component, pieces, settings)
     if settings.max_length > model.config.max_positions:
         raise PretrainingError(
             f"[bert_pretraining] max_length = {settings.max_length} exceeds the model's max_positions = "
@@ -127,6 +112,29 @@ def build_trainer(
     )
     trainer.state["run_config"] = run_config
     return trainer
+
+
+def _saved_state(last_dir: Path, run_config: Dict[str, Any], stdout: TextIO) -> Optional[dict]:
+    """What --resume continues from; None (said so) when nothing was saved yet."""
+    if not (last_dir / STATE_FILE).exists():
+        print(f"--resume: nothing saved in {last_dir} yet; starting from the beginning", file=stdout)
+        return None
+    saved_state = torch.load(last_dir / STATE_FILE, map_location="cpu", weights_only=True)
+    saved_run_config = saved_state.pop("run_config", None)
+    if saved_run_config is not None:
+        _check_resumable(saved_run_config, run_config, last_dir, stdout)
+    return saved_state
+
+
+def _new_model(component, pieces: WordPieces, settings: PretrainingSettings) -> BertForPretraining:
+    bert_config = replace(
+        component.model.attrs["bert_config"],
+        vocab_size=pieces.vocab_size,
+        pad_token_id=pieces.pad_id,
+        trained_positions=settings.max_length,
+    )
+    torch.manual_seed(settings.seed)
+    return BertForPretraining(bert_config)
 
 
 def _pretrained_model(
