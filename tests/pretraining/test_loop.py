@@ -16,9 +16,14 @@ from pretraining_data import (
     PRETRAIN_CFG,
     REPO_ROOT,
     TINY_OVERRIDES,
+    cli,
+    cli_overrides,
     conll_examples,
     conll_sentences,
+    read_log,
     tiny_config,
+    training_rows,
+    wait_for_log,
     write_jsonl,
 )
 from safetensors.torch import load_file
@@ -29,16 +34,8 @@ from spacy_bert_plugin.pretraining import PretrainingError, pretrain
 from spacy_bert_plugin.pretraining.objectives import Objective
 
 
-def read_log(output_dir: Path):
-    return [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()]
-
-
 def without_timing(rows):
     return [{key: value for key, value in row.items() if key != "tokens_per_s"} for row in rows]
-
-
-def training_rows(output_dir: Path):
-    return [row for row in read_log(output_dir) if "mlm_loss" in row]
 
 
 def weights(folder: Path):
@@ -120,21 +117,6 @@ def test_full_disk_is_reported_before_training(alice_corpus, tmp_path, monkeypat
     assert not (tmp_path / "out" / "model-last").exists()
 
 
-def cli(*args, **kwargs):
-    return subprocess.Popen(
-        [sys.executable, "-m", "spacy", "bert-pretrain", *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        **kwargs,
-    )
-
-
-def cli_overrides(raw_text: Path, cache: Path, **extra):
-    values = {**TINY_OVERRIDES, "paths.raw_text": raw_text, "bert_pretraining.cache_dir": cache, **extra}
-    return [part for key, value in values.items() for part in (f"--{key}", str(value))]
-
-
 @pytest.mark.slow
 def test_sigint_saves_a_resumable_state(alice_corpus, tmp_path):
     out = tmp_path / "out"
@@ -144,7 +126,7 @@ def test_sigint_saves_a_resumable_state(alice_corpus, tmp_path):
         **{"bert_pretraining.max_steps": 100000, "bert_pretraining.save_every": 100000},
     )
     process = cli(PRETRAIN_CFG, out, *args)
-    assert _wait_for_log(out, process), "the run ended before SIGINT"
+    assert wait_for_log(out, process), "the run ended before SIGINT"
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 130, output
@@ -165,7 +147,8 @@ def test_sigkill_never_leaves_a_broken_checkpoint(alice_corpus, tmp_path):
     rng = numpy.random.default_rng(0)
     for _ in range(3):
         process = cli(PRETRAIN_CFG, out, *args, *(["--resume"] if (out / "model-last").exists() else []))
-        if not _wait_for_log(out, process):
+        if not wait_for_log(out, process):
+            assert process.wait() == 0, process.stdout.read()
             break  # a fast machine finished all steps before this kill: nothing left to interrupt
         time.sleep(float(rng.uniform(0, 1.5)))
         process.kill()
@@ -178,22 +161,6 @@ def test_sigkill_never_leaves_a_broken_checkpoint(alice_corpus, tmp_path):
     output, _ = finish.communicate(timeout=300)
     assert finish.returncode == 0, output
     assert read_log(out)[-1]["step"] == 12
-
-
-def _wait_for_log(out: Path, process: subprocess.Popen, timeout: float = 120) -> bool:
-    """Wait for a new log line: True while the run goes on, False if it completed without one."""
-    deadline = time.monotonic() + timeout
-    start_size = (out / "log.jsonl").stat().st_size if (out / "log.jsonl").exists() else 0
-    while time.monotonic() < deadline:
-        if (out / "log.jsonl").exists() and (out / "log.jsonl").stat().st_size > start_size:
-            return True
-        if process.poll() is not None:
-            output = process.stdout.read()
-            assert process.returncode == 0, output
-            return False
-        time.sleep(0.1)
-    process.kill()
-    raise AssertionError("pretraining wrote no log line in time")
 
 
 @pytest.mark.slow
