@@ -39,10 +39,6 @@ SIZES: Dict[str, Dict[str, int]] = {
 }
 
 
-def bert_config(size: str, vocab_size: int = VOCAB_SIZE) -> BertConfig:
-    return BertConfig(vocab_size=vocab_size, **SIZES[size])
-
-
 # ---- data and checkpoints ------------------------------------------------------------------------
 
 
@@ -123,7 +119,7 @@ def checkpoint(size: str) -> Path:
     n_pieces = len(vocab_file.read_text(encoding="utf8").splitlines())
     log(f"writing a random-weight BERT-{size} checkpoint to {folder} ...")
     torch.manual_seed(0)
-    hf_config = transformers.BertConfig(**bert_config(size, n_pieces).to_hf())
+    hf_config = transformers.BertConfig(**BertConfig(vocab_size=n_pieces, **SIZES[size]).to_hf())
     model = transformers.BertForPreTraining(hf_config).eval()
     tmp = _fresh_folder(CACHE_DIR / f".bert-{size}.tmp")
     model.save_pretrained(tmp)
@@ -132,10 +128,6 @@ def checkpoint(size: str) -> Path:
     tokenizer.save_pretrained(tmp)
     os.replace(tmp, folder)
     return folder
-
-
-def checkpoint_config(size: str) -> BertConfig:
-    return BertConfig.from_hf(json.loads((checkpoint(size) / "config.json").read_text()))
 
 
 def _fresh_folder(path: Path) -> Path:
@@ -326,11 +318,9 @@ class EncoderMeter:
         )
         lengths = mask.sum(1).tolist() if mask is not None else [ids.shape[1]] * ids.shape[0]
         self.lengths.extend(lengths)
-        self.pieces, self.sequences, self.calls = (
-            self.pieces + sum(lengths),
-            self.sequences + len(lengths),
-            self.calls + 1,
-        )
+        self.pieces += sum(lengths)
+        self.sequences += len(lengths)
+        self.calls += 1
 
     def take(self) -> List[int]:
         """The sequence lengths recorded since the last take."""
@@ -364,9 +354,8 @@ def achieved(flops: float, wall_s: float, cpu_s: float, limit: float) -> Dict[st
 
 # ---- the matrix-product limit -------------------------------------------------------------------
 
-Gemm = Tuple[
-    int, int, int, int, int
-]  # (batch, m, k, n, count): count products of (batch, m, k) @ (batch, k, n)
+# (batch, m, k, n, count): `count` products of a (batch, m, k) and a (batch, k, n) tensor.
+Gemm = Tuple[int, int, int, int, int]
 LIMIT_ROWS = 2048  # product rows at most: the speed per FLOP is flat beyond
 
 
@@ -423,9 +412,9 @@ def _product(batch: int, m: int, k: int, n: int, precision: str, device) -> Call
     import torch
 
     if precision == "int8" and batch == 1:
-        from torch.ao.nn.quantized.dynamic import Linear
+        from spacy_bert_plugin.layers.bert_encoder import quantize_int8
 
-        layer, x = Linear(k, n), torch.randn(m, k)
+        layer, x = quantize_int8(torch.nn.Sequential(torch.nn.Linear(k, n))), torch.randn(m, k)
         return lambda: layer(x)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     a = torch.randn(batch, m, k, device=device, dtype=dtype)
@@ -458,10 +447,10 @@ def arm_limit(meter: EncoderMeter, precision: str, training: bool = False, head:
     return matmul_limit(gemms, effective_precision(precision))
 
 
-def effective_precision(precision: str, device: str = "cpu") -> str:
-    """What an arm's products run in: bf16 autocast runs float32 on a CPU without bf16
+def effective_precision(precision: str) -> str:
+    """What a CPU arm's products run in: bf16 autocast runs float32 on a CPU without bf16
     instructions (bert.precision); fp32 and int8 as asked."""
-    if precision != "bf16" or device != "cpu":
+    if precision != "bf16":
         return precision
     from spacy_bert_plugin.bert.precision import cpu_computes_natively
 

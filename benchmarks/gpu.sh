@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GPU benchmark (issue 5e): BERT-base (12 x 768) pretraining in bf16 on one GPU -- tokens/s and
-# model FLOPs utilization -- plus bert_encoder inference words/s, in under 8 minutes.
+# GPU benchmark: BERT-base (12 x 768) pretraining in bf16 on one GPU -- pieces/s, achieved TFLOP/s
+# and its share of the matrix-product limit -- plus bert_encoder inference words/s, in under 8 minutes.
 #
 # The GPU machine has no network, so the Python packages it lacks (spaCy and its dependencies) and
 # the text are prepared here and carried there in benchmarks/.cache/gpu (git-ignored):

@@ -128,7 +128,8 @@ class OursArm:
         model = self.trainer.model
         self.config: BertConfig = model.config
         self.meter = EncoderMeter(model.encoder, model.config)
-        self.masked, self.pairs = [0], [0]
+        self.masked: List[int] = []
+        self.pairs: List[int] = []
         model.mlm_head.register_forward_pre_hook(lambda _m, args: self.masked.append(args[0].shape[0]))
         model.nsp_head.register_forward_pre_hook(lambda _m, args: self.pairs.append(args[0].shape[0]))
 
@@ -137,7 +138,8 @@ class OursArm:
         self.trainer.step()
         lengths = self.meter.take()
         flops = pretraining_flops(self.config, lengths, sum(self.masked), sum(self.pairs))
-        self.masked, self.pairs = [0], [0]
+        self.masked.clear()
+        self.pairs.clear()
         return {"tokens": self.trainer.state["tokens"] - before, "flops": flops, "rows": sum(lengths)}
 
     def close(self) -> None:
