@@ -93,6 +93,11 @@ def recipe_value(key: str) -> Any:
 NER_PRETRAINING: Overrides = {"components.bert_encoder.lowercase": False, STEPS: 20000}
 SENTIMENT_PRETRAINING: Overrides = {"bert_pretraining.max_length": 128, STEPS: 30000}
 QUICK_PRETRAINING: Overrides = {STEPS: 40, "bert_pretraining.batch_tokens": 1024, WARMUP: 5}
+# The replaced-token-detection arm: the recipe with RTD (its defaults) in place of masked-LM.
+RTD_PRETRAINING: Overrides = {
+    "bert_pretraining.objectives.mlm": None,
+    "bert_pretraining.objectives.rtd": {"@bert_objectives": "spacy_bert_plugin.RTD.v1"},
+}
 
 
 @dataclass(frozen=True)
@@ -292,7 +297,11 @@ def prepare_tasks(budget: Budget) -> Tuple[Dict[str, Task], Dict[str, Path]]:
 def pretraining_run_config(overrides: Overrides, corpus: Path, budget: Budget, threads: int) -> Config:
     """configs/pretrain-cpu.cfg with the corpus, the study's evaluation and saving, and `overrides`."""
     steps = overrides.get(STEPS, recipe_value(STEPS))
-    evals = 5 if steps >= 100 else 2
+    if steps is None:  # a time budget: evaluate every 2,000 steps, save at the end
+        steps = 10_000
+        evals = 5
+    else:
+        evals = 5 if steps >= 100 else 2
     run = {
         "bert_pretraining.heldout_docs": budget.heldout_docs,
         "bert_pretraining.eval_batches": budget.eval_batches,
@@ -311,11 +320,14 @@ def recipe_label(config: Config) -> str:
     size = next(
         (name for name, shape in SIZES.items() if all(model[k] == v for k, v in shape.items())), "custom"
     )
-    mlm, nsp = section["objectives"]["mlm"], "nsp" in section["objectives"]
+    objectives = {name: value for name, value in section["objectives"].items() if value}
+    name = "rtd" if "rtd" in objectives else "mlm"
+    masking = {"mask_rate": 0.15, "unit": "piece", **objectives[name]}
     case = "uncased" if config["components"]["bert_encoder"]["lowercase"] else "cased"
-    nsp_label = "NSP" if nsp else "no NSP"
+    nsp_label = "NSP" if "nsp" in objectives else "no NSP"
     return (
-        f"{size}, {mlm['unit']}, {mlm['mask_rate']:.2f}, {nsp_label}, {case}, length {section['max_length']}"
+        f"{size}, {name.upper()} {masking['unit']}, {masking['mask_rate']:.2f}, {nsp_label}, {case}, "
+        f"length {section['max_length']}"
     )
 
 
@@ -337,6 +349,7 @@ def pretrain(overrides: Overrides, corpus: Path, out: Path, budget: Budget, thre
         "overrides": overrides,
         "label": recipe_label(config),
         "steps": section["max_steps"],
+        "minutes": section.get("max_minutes"),
         "batch_tokens": section["batch_tokens"],
         "corpus": corpus.name,
         **times,
@@ -347,15 +360,24 @@ def pretrain(overrides: Overrides, corpus: Path, out: Path, budget: Budget, thre
 
 
 def pretraining_scores(log: Path) -> Dict[str, Any]:
-    """Held-out MLM accuracy at the best (lowest held-out loss) evaluation, and pieces seen."""
+    """Held-out accuracies at the best (lowest held-out loss) evaluation, steps and pieces seen."""
     records = read_log(log)
-    best = min((r for r in records if "eval_mlm_loss" in r), key=lambda r: r["eval_mlm_loss"])
+    best = min((r for r in records if "eval_loss" in r), key=lambda r: r["eval_loss"])
     trained = [r for r in records if "tokens" in r]
+    scores = {
+        key: 100 * best[f"eval_{key}"] if f"eval_{key}" in best else None
+        for key in (
+            "mlm_accuracy",
+            "nsp_accuracy",
+            "rtd_accuracy",
+            "rtd_replaced_recall",
+            "generator_mlm_accuracy",
+        )
+    }
     return {
         "best_step": best["step"],
-        "eval_mlm_loss": best["eval_mlm_loss"],
-        "eval_mlm_accuracy": 100 * best["eval_mlm_accuracy"],
-        "eval_nsp_accuracy": 100 * best["eval_nsp_accuracy"] if "eval_nsp_accuracy" in best else None,
+        **{f"eval_{key}": value for key, value in scores.items()},
+        "steps_done": trained[-1]["step"] if trained else 0,
         "pieces_seen": trained[-1]["tokens"] if trained else None,
     }
 
@@ -538,16 +560,25 @@ def plan(
     run_dir: Path,
     threads: int,
     ablate: bool,
+    minutes: Optional[float] = None,
+    rtd: bool = False,
 ):
     """The jobs in order of priority (BERT arms; the CNN arms of CoNLL-2003 and SST-2; the fine-tuning
-    learning-rate sweep; the other spaCy arms; ablations) and where each result will be found."""
+    learning-rate sweep; the other spaCy arms; ablations) and where each result will be found.
+    `minutes`: the pretrainings' time budget in place of their steps; `rtd`: a BERT arm pretrained
+    with replaced-token detection beside the masked-LM one, for the same budget."""
     planner = Planner(budget, corpora, run_dir, threads)
-    recipes = {"ner": (budget.ner_pretraining, "news"), "sst2": (budget.sentiment_pretraining, "imdb")}
+    timed = {STEPS: None, "bert_pretraining.max_minutes": minutes} if minutes else {}
+    recipes = {
+        "ner": ({**budget.ner_pretraining, **timed}, "news"),
+        "sst2": ({**budget.sentiment_pretraining, **timed}, "imdb"),
+    }
     recipes["imdb"] = recipes["sst2"]
+    suffix = f"-{minutes:g}min" if minutes else ""
     dirs = {
-        "ner": run_dir / "pretrain-news",
-        "sst2": run_dir / "pretrain-imdb",
-        "imdb": run_dir / "pretrain-imdb",
+        "ner": run_dir / f"pretrain-news{suffix}",
+        "sst2": run_dir / f"pretrain-imdb{suffix}",
+        "imdb": run_dir / f"pretrain-imdb{suffix}",
     }
     layout: Dict[str, Any] = {
         "pretraining": {},
@@ -558,6 +589,16 @@ def plan(
     for label, name in (("NER (news)", "ner"), ("sentiment (IMDB)", "sst2")):
         if dirs[name] in {dirs[task] for task in tasks}:
             layout["pretraining"][label] = str(planner.pretraining(*recipes[name], dirs[name]))
+    rtd_dirs: Dict[str, Path] = {}
+    if rtd:
+        for label, name in (("NER (news), RTD", "ner"), ("sentiment (IMDB), RTD", "sst2")):
+            if dirs[name] in {dirs[task] for task in tasks}:
+                overrides, corpus = recipes[name]
+                out = dirs[name].with_name(dirs[name].name + "-rtd")
+                # after the masked-LM run, whose vocabulary and piece cache it shares
+                planner.pretraining({**overrides, **RTD_PRETRAINING}, corpus, out)
+                layout["pretraining"][label] = str(out)
+                rtd_dirs[name] = rtd_dirs["imdb" if name == "sst2" else name] = out
 
     def bert_arms(task: Task, suffix: str = "") -> Dict[str, str]:
         arms = {}
@@ -570,6 +611,12 @@ def plan(
 
     for name, task in tasks.items():
         layout["tasks"][name] = bert_arms(task)
+        if name in rtd_dirs:
+            overrides, corpus = recipes[name]
+            out = run_dir / f"{task.name}-pretrained-rtd{suffix}"
+            layout["tasks"][name]["pretrained-rtd"] = str(
+                planner.bert(task, out, {**overrides, **RTD_PRETRAINING}, corpus, rtd_dirs[name])
+            )
     # the spaCy arms the goals compare with (CoNLL-2003 and SST-2 CNN), the learning-rate sweep, the others
     spacy_arms = [
         (name, arm)
@@ -588,9 +635,9 @@ def plan(
                     layout["lr_sweep"].setdefault(sweep_task, {})[f"{lr:g}"] = bert_arms(task, f"-lr{lr:g}")
             continue
         name, arm = item
-        bert_outs = (run_dir / f"{name}-pretrained", run_dir / f"{name}-random")
+        bert_outs = (run_dir / f"{name}-pretrained{suffix}", run_dir / f"{name}-random{suffix}")
         layout["tasks"][name][arm] = str(
-            planner.spacy(tasks[name], arm, run_dir / f"{name}-{arm}", bert_outs)
+            planner.spacy(tasks[name], arm, run_dir / f"{name}-{arm}{suffix}", bert_outs)
         )
     if not ablate:
         return planner.jobs, layout
@@ -618,6 +665,7 @@ def plan(
 
 ARM_NAMES = {
     "pretrained": "BERT pretrained",
+    "pretrained-rtd": "BERT pretrained, RTD",
     "random": "BERT random init",
     "cnn": "spaCy CNN",
     "bow": "spaCy BOW",
@@ -637,7 +685,8 @@ def report(results: Dict[str, Any]) -> str:
     info, budget = results["machine"], results["budget"]
     lines = [
         f"Run: `python benchmarks/accuracy/run.py --mode {budget['name']} --jobs {results['jobs']}"
-        f" --tasks {' '.join(results['tasks'])}` on {info['date']}, commit {info['commit']}, {info['cpu']}, "
+        f" --tasks {' '.join(results['tasks'])}{results.get('options', '')}` on {info['date']},"
+        f" commit {info['commit']}, {info['cpu']}, "
         f"{info['bf16']}, {info['load']}, total {results['total_wall_s'] / 60:.0f} min wall.",
         "",
     ]
@@ -646,7 +695,8 @@ def report(results: Dict[str, Any]) -> str:
         arms = results["tasks"][task]
         values = [arms[a]["scores"][split][metric] if a in arms else None for a in ARM_NAMES]
         cells = [f"{v:.1f}" if v is not None else "-" for v in values]
-        rows.append([label, *cells, f"{values[0] - values[1]:+.1f}"])
+        gain = arms["pretrained"]["scores"][split][metric] - arms["random"]["scores"][split][metric]
+        rows.append([label, *cells, f"{gain:+.1f}"])
     for task, label in [(task, label) for task, label in TASK_NAMES.items() if task in results["tasks"]]:
         arms = results["tasks"][task]
         cells = [
@@ -655,17 +705,30 @@ def report(results: Dict[str, Any]) -> str:
         ]
         rows.append([f"{label} train steps / CPU s", *cells, ""])
     lines += [markdown_table(["", *ARM_NAMES.values(), "pretrained - random"], rows), ""]
+    held_out = {
+        "mlm_accuracy": "MLM acc",
+        "nsp_accuracy": "NSP acc",
+        "rtd_accuracy": "RTD acc",
+        "rtd_replaced_recall": "replaced recall",
+        "generator_mlm_accuracy": "generator MLM acc",
+    }
+    shown = [
+        key
+        for key in held_out
+        if any(s.get(f"eval_{key}") is not None for s in results["pretraining"].values())
+    ]
     headers = ["pretraining", "corpus (docs / words)", RECIPE_COLUMN, "steps x batch pieces", "pieces seen"]
-    headers += ["wall / CPU min", "held-out MLM acc", "held-out NSP acc"]
+    headers += ["wall / CPU min", "pieces/s", *(f"held-out {held_out[key]}" for key in shown)]
     rows = []
     for name, stats in results["pretraining"].items():
         corpus = results["corpora"][stats["corpus"]]
-        nsp = stats["eval_nsp_accuracy"]
+        values = [stats.get(f"eval_{key}") for key in shown]
         rows.append(
             [name, f"{stats['corpus']} ({corpus['docs']:,} / {corpus['words']:,})", stats["label"]]
-            + [f"{stats['steps']} x {stats['batch_tokens']}", f"{stats['pieces_seen']:,}"]
-            + [f"{stats['wall_s'] / 60:.1f} / {stats['cpu_s'] / 60:.1f}", f"{stats['eval_mlm_accuracy']:.1f}"]
-            + [f"{nsp:.1f}" if nsp is not None else "-"]
+            + [f"{stats['steps_done']} x {stats['batch_tokens']}", f"{stats['pieces_seen']:,}"]
+            + [f"{stats['wall_s'] / 60:.1f} / {stats['cpu_s'] / 60:.1f}"]
+            + [f"{stats['pieces_seen'] / stats['wall_s']:,.0f}"]
+            + [f"{v:.1f}" if v is not None else "-" for v in values]
         )
     lines += [markdown_table(headers, rows), ""]
     if results.get("ablations"):
@@ -682,7 +745,7 @@ def report(results: Dict[str, Any]) -> str:
             metric = "ents_f" if "NER" in name else "accuracy"
             pretraining, scores = ablation["pretrain"], ablation["scores"]
             rows.append(
-                [name, pretraining["label"], pretraining["steps"], f"{pretraining['cpu_s'] / 60:.1f}"]
+                [name, pretraining["label"], pretraining["steps_done"], f"{pretraining['cpu_s'] / 60:.1f}"]
                 + [
                     f"{pretraining['eval_mlm_accuracy']:.1f}",
                     "CoNLL-2003 (F1)" if metric == "ents_f" else "SST-2 (acc)",
@@ -725,6 +788,12 @@ def goal_lines(results: Dict[str, Any]) -> List[str]:
                 (f"pretrained - random >= 3 {what}", score["pretrained"] - score["random"], 3.0),
                 (f"pretrained - spaCy CNN >= 0 {what}", score["pretrained"] - score["cnn"], 0.0),
             ]
+            if "pretrained-rtd" in score:
+                checks += [
+                    (f"RTD - MLM >= 2 {what}", score["pretrained-rtd"] - score["pretrained"], 2.0),
+                    (f"RTD - random >= 3 {what}", score["pretrained-rtd"] - score["random"], 3.0),
+                    (f"RTD - spaCy CNN >= 3 {what}", score["pretrained-rtd"] - score["cnn"], 3.0),
+                ]
     lines = ["Goals:", ""]
     for text, value, target in checks:
         verdict = "met" if value >= target else f"missed by {target - value:.1f}"
@@ -752,6 +821,14 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="delete this mode's earlier runs first")
     parser.add_argument("--skip-ablations", action="store_true")
     parser.add_argument(
+        "--pretrain-minutes",
+        type=float,
+        help="pretrain for this many wall-clock minutes instead of the steps",
+    )
+    parser.add_argument(
+        "--rtd", action="store_true", help="add a BERT arm pretrained with replaced-token detection"
+    )
+    parser.add_argument(
         "--tasks",
         nargs="+",
         choices=list(TASK_NAMES),
@@ -769,12 +846,16 @@ def main() -> None:
     info = machine()
     tasks, corpora = prepare_tasks(budget)
     tasks = {name: task for name, task in tasks.items() if name in args.tasks}
-    jobs, layout = plan(budget, tasks, corpora, run_dir, threads, not args.skip_ablations)
+    jobs, layout = plan(
+        budget, tasks, corpora, run_dir, threads, not args.skip_ablations, args.pretrain_minutes, args.rtd
+    )
     done = run_jobs(jobs, args.jobs)
     results = {
         "machine": info,
         "budget": asdict(budget),
         "jobs": args.jobs,
+        "options": (f" --pretrain-minutes {args.pretrain_minutes:g}" if args.pretrain_minutes else "")
+        + (" --rtd" if args.rtd else ""),
         "threads_per_run": threads,
         "corpora": {path.name: data.jsonl_stats(path) for path in corpora.values()},
         "data": {
