@@ -600,10 +600,10 @@ def plan(
                 layout["pretraining"][label] = str(out)
                 rtd_dirs[name] = rtd_dirs["imdb" if name == "sst2" else name] = out
 
-    def bert_arms(task: Task, suffix: str = "") -> Dict[str, str]:
+    def bert_arms(task: Task, variant: str = "") -> Dict[str, str]:
         arms = {}
         for arm in ("random", "pretrained"):
-            out = run_dir / f"{task.name}-{arm}{suffix}"
+            out = run_dir / f"{task.name}-{arm}{suffix}{variant}"
             arms[arm] = str(
                 planner.bert(task, out, *recipes[task.name], dirs[task.name] if arm == "pretrained" else None)
             )
