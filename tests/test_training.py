@@ -1,8 +1,14 @@
-"""`spacy train`: ner and textcat listen to one bert_encoder, and fine-tuning reaches it."""
+"""`spacy train`: ner and textcat listen to one bert_encoder, fine-tuning reaches it, and the shipped
+configs train, resume training after loading and pass `spacy debug data`."""
 
+import gzip
+import json
+import random
 import re
+import subprocess
+import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import pytest
 import spacy
@@ -11,13 +17,15 @@ import torch
 from spacy.cli.init_config import fill_config
 from spacy.cli.train import train as spacy_train
 from spacy.tokens import DocBin
+from spacy.training import Example
 from spacy.util import filter_spans
-from tiny_bert import alice_paragraphs, run_python
+from tiny_bert import REPO_ROOT, alice_paragraphs, run_python
 
 from spacy_bert_plugin.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 MAX_STEPS = 24
 FROZEN_STEPS = 8
 
@@ -225,3 +233,107 @@ def test_frozen_encoder_is_not_updated(hf_checkpoint, tmp_path):
     after = encoder_state(tmp_path / "out" / "model-last" / "bert_encoder" / "model")
     for key in before:
         assert torch.equal(before[key], after[key]), key
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipped fine-tuning configs (configs/*.cfg) with a tiny encoder
+
+TINY_ENCODER = {
+    "components.bert_encoder.model.hidden_width": 32,
+    "components.bert_encoder.model.num_layers": 1,
+    "components.bert_encoder.model.num_heads": 2,
+    "components.bert_encoder.model.intermediate_width": 64,
+    "components.bert_encoder.vocab_size": 1000,
+}
+
+
+def shipped_config_overrides(corpus: Path, steps: int) -> Dict[str, Any]:
+    """Overrides that train a shipped config for `steps` steps on corpus/{train,dev}.spacy. The
+    learning-rate schedule is the config's own: the tests of the saved config need it untouched."""
+    return {
+        **TINY_ENCODER,
+        "paths.train": str(corpus / "train.spacy"),
+        "paths.dev": str(corpus / "dev.spacy"),
+        "training.max_steps": steps,
+        "training.eval_frequency": steps,
+    }
+
+
+def test_pipeline_trained_from_ner_cfg_resumes_training_after_loading(tmp_path):
+    """nlp.resume_training() and nlp.update() resolve [training.optimizer] of the saved config."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    make_corpus(corpus)
+    spacy_train(
+        REPO_ROOT / "configs" / "ner.cfg", tmp_path / "out", overrides=shipped_config_overrides(corpus, 4)
+    )
+    nlp = spacy.load(tmp_path / "out" / "model-last")
+    examples = [
+        Example(nlp.make_doc(doc.text), doc)
+        for doc in DocBin().from_disk(corpus / "train.spacy").get_docs(nlp.vocab)
+        if doc.ents
+    ][:8]
+    optimizer = nlp.resume_training()
+    losses = nlp.update(examples, sgd=optimizer)
+    assert losses["ner"] > 0.0 and losses["bert_encoder"] >= 0.0
+    losses = nlp.update(examples)  # Language.update makes its own optimizer
+    assert losses["ner"] > 0.0
+
+
+def test_debug_data_on_the_shipped_ner_config(tmp_path):
+    """`spacy debug data` initializes the pipeline (which resolves [training.optimizer]) and
+    analyses the data; it exits with 1 here only because 50 examples are too few for its taste."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    make_corpus(corpus)
+    args = [f"--{key}={value}" for key, value in shipped_config_overrides(corpus, 4).items()]
+    cmd = [sys.executable, "-m", "spacy", "debug", "data", str(REPO_ROOT / "configs" / "ner.cfg"), *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert "Pipeline can be initialized with data" in output, output
+    assert "Low number of examples to train a new pipeline (50)" in output, output
+    assert result.returncode == 1 and "1 error" in output, output
+
+
+def imdb_two_label_sets(folder: Path, n_docs: int, max_tokens: int) -> None:
+    """IMDB reviews with two real, non-exclusive label sets: POSITIVE (the review's label) and
+    EXTREME (a rating of 1 or 10 stars); every combination occurs. First `max_tokens` tokens."""
+    nlp = spacy.blank("en")
+    with gzip.open(SHARED_DATA / "imdb" / "train.jsonl.gz", "rt", encoding="utf8") as lines:
+        rows = [json.loads(line) for line in lines]
+    docs = []
+    for row in random.Random(0).sample(rows, n_docs):
+        doc = nlp.make_doc(row["text"])[:max_tokens].as_doc()
+        doc.cats = {"POSITIVE": float(row["label"] == "pos"), "EXTREME": float(row["rating"] in (1, 10))}
+        docs.append(doc)
+    assert len({tuple(doc.cats.values()) for doc in docs}) == 4
+    DocBin(docs=docs).to_disk(folder / "train.spacy")
+    DocBin(docs=docs[:10]).to_disk(folder / "dev.spacy")
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "imdb").exists(), reason=f"needs the IMDB data in {SHARED_DATA}")
+def test_textcat_multilabel_cfg_learns_two_label_sets(tmp_path):
+    """configs/textcat_multilabel.cfg on 120 real reviews: the labels are scored independently and
+    the training set is learnt (a tiny encoder does not generalise from 120 reviews in 40 steps)."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    imdb_two_label_sets(corpus, 120, 48)
+    overrides = {
+        **shipped_config_overrides(corpus, 40),
+        "training.optimizer.learn_rate.total_steps": 40,
+        "training.dropout": 0.0,
+        "training.optimizer.learn_rate.warmup_steps": 2,
+        "training.optimizer.learn_rate.initial_rate": 0.005,
+    }
+    spacy_train(REPO_ROOT / "configs" / "textcat_multilabel.cfg", tmp_path / "out", overrides=overrides)
+    nlp = spacy.load(tmp_path / "out" / "model-last")
+    gold = list(DocBin().from_disk(corpus / "train.spacy").get_docs(nlp.vocab))
+    predicted = list(nlp.pipe(doc.text for doc in gold))
+    scores = nlp.get_pipe("textcat_multilabel").score([Example(p, g) for p, g in zip(predicted, gold)])
+    assert scores["cats_auc_per_type"]["POSITIVE"] > 0.9, scores
+    assert scores["cats_auc_per_type"]["EXTREME"] > 0.9, scores
+    # Not exclusive: texts with both labels score high on both, texts with neither low on both.
+    both = [p.cats for p, g in zip(predicted, gold) if all(g.cats.values())]
+    neither = [p.cats for p, g in zip(predicted, gold) if not any(g.cats.values())]
+    assert sum(sum(cats.values()) for cats in both) / len(both) > 1.2
+    assert sum(sum(cats.values()) for cats in neither) / len(neither) < 0.8
