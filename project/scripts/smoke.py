@@ -1,11 +1,11 @@
 """Run the project's `all` workflow on a tiny slice in a sub-folder (the `smoke` workflow).
 
 Copies project.yml and scripts/ into SMOKE_DIR and runs `spacy project run all SMOKE_DIR` there with
-the `--vars.*` options given, so the smoke run has its own corpus/, pretrain/, training/, metrics/
-and project.lock and never touches the full run's outputs. The configs and assets folders are
-passed on as absolute paths, so the demo corpora are fetched once and shared.
+the `--vars.*` options given, so the smoke run has its own configs/, corpus/, pretrain/, training/,
+metrics/ and project.lock and never touches the full run's outputs. The assets folder is passed on
+as an absolute path, so the demo corpora are fetched once and shared.
 
-    python scripts/smoke.py smoke --configs ../configs --assets assets --vars.train_steps 8
+    python scripts/smoke.py smoke --assets assets --vars.textcat_steps 8
 """
 
 import shutil
@@ -24,7 +24,6 @@ app = typer.Typer(add_completion=False)
 def main(
     ctx: typer.Context,
     smoke_dir: Path = typer.Argument(..., help="Folder for the smoke run, relative to the project"),
-    configs: Path = typer.Option(..., "--configs", help="Folder of the training configs (vars.configs)"),
     assets: Path = typer.Option(..., "--assets", help="Folder the corpora are fetched into (vars.assets)"),
 ) -> None:
     """Copy the project into SMOKE_DIR and run its `all` workflow there; extra --vars.NAME VALUE
@@ -54,8 +53,6 @@ def main(
         "run",
         "all",
         str(target),
-        "--vars.configs",
-        str((PROJECT_DIR / configs).resolve()),
         "--vars.assets",
         str((PROJECT_DIR / assets).resolve()),
         *extra,
