@@ -38,18 +38,6 @@ from spacy_bert_plugin.pretraining.settings import (
 )
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("corpus") / "alice.txt"
-    path.write_text(ALICE.read_text(encoding="utf8"), encoding="utf8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
 def without_omp_env():
     return {
         key: value for key, value in os.environ.items() if key not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")

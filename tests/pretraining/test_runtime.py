@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 from pretraining_data import (
-    ALICE,
     PRETRAIN_CFG,
     cli,
     cli_overrides,
@@ -38,18 +37,6 @@ def saved_step(folder: Path) -> int:
 
 def folder_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.iterdir())
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("corpus") / "alice.txt"
-    path.write_text(ALICE.read_text(encoding="utf8"), encoding="utf8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
 
 
 @pytest.fixture(scope="module")
