@@ -144,6 +144,8 @@ class ReplacedTokenDetection(Objective):
             "rtd_loss": loss.detach(),
             "rtd_accuracy": (predicted == labels).float().mean(),
             "rtd_replaced_recall": (predicted & labels).sum() / labels.sum().clamp(min=1),
+            # calling every piece original scores 1 - this share
+            "rtd_replaced_share": labels.float().mean(),
             "generator_mlm_loss": generator_loss.detach(),
             "generator_mlm_accuracy": tensors["rtd_generator_accuracy"],
         }

@@ -38,6 +38,14 @@ class Distributed:
         if self.world > 1:
             torch.distributed.barrier()
 
+    def from_main(self, value: float) -> float:
+        """The main process's `value`, in every process."""
+        if self.world == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64)
+        torch.distributed.broadcast(tensor, src=0)
+        return float(tensor)
+
     def mean(self, values: Dict[str, float]) -> Dict[str, float]:
         if self.world == 1 or not values:
             return values

@@ -164,6 +164,8 @@ class Trainer:
             metrics, tokens = self._step()
             window_seconds += time.perf_counter() - started  # evaluation and saving excluded
             state["seconds"] = seconds_at_start + time.perf_counter() - clock_start
+            if settings.max_minutes is not None:  # every rank stops at the same step
+                state["seconds"] = self.dist.from_main(state["seconds"])
             if metrics is None:
                 bad_in_row += 1
                 if bad_in_row >= settings.max_bad_steps:
