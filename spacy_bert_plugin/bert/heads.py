@@ -1,5 +1,7 @@
 """Pretraining heads: masked-LM (tied to the word embeddings) and next-sentence prediction."""
 
+from typing import Optional
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -11,11 +13,12 @@ from .encoder import BertEncoder
 class MaskedLMHead(nn.Module):
     """dense -> GELU -> LayerNorm -> logits over the vocabulary, with the decoder weight tied to
     the input word embeddings (passed in, so the state dict holds them once). Call it on the masked
-    positions only: the vocabulary projection is the most expensive matrix product in pretraining."""
+    positions only: the vocabulary projection is the most expensive matrix product in pretraining.
+    `input_width`: the width of the states it reads, when not the embeddings' (a smaller generator's)."""
 
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: BertConfig, input_width: Optional[int] = None):
         super().__init__()
-        self.transform = nn.Linear(config.hidden_width, config.hidden_width)
+        self.transform = nn.Linear(input_width or config.hidden_width, config.hidden_width)
         self.norm = nn.LayerNorm(config.hidden_width, eps=config.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
         BertEncoder._init_weights(self.transform)

@@ -45,9 +45,8 @@ class Generator(nn.Module):
         self.project = nn.Linear(config.hidden_width, width)
         self.layers = nn.ModuleList(BertLayer(self.config) for _ in range(self.config.num_layers))
         # The head maps back to the embedding width, where the tied vocabulary projection lives.
-        self.head = MaskedLMHead(config)
-        self.head.transform = nn.Linear(width, config.hidden_width)
-        for module in (self.project, *self.layers, self.head.transform):
+        self.head = MaskedLMHead(config, input_width=width)
+        for module in (self.project, *self.layers):
             module.apply(type(model.encoder)._init_weights)
 
     def forward(self, embedded: Tensor, attention_mask: Optional[Tensor]) -> Tensor:
