@@ -39,8 +39,8 @@ RESUMABLE_CHANGES = (
     "bert_pretraining.bad_lines",
     "bert_pretraining.optimizer.learning_rate",
     "bert_pretraining.logger.",
-    "components.bert_encoder.model.dropout",
-    "components.bert_encoder.model.attention_dropout",
+    "components.{component}.model.dropout",
+    "components.{component}.model.attention_dropout",
 )
 
 
@@ -70,7 +70,7 @@ def build_trainer(
     recover_interrupted_save(last_dir)
     recover_interrupted_save(output_dir / "model-best")
     run_config = _run_config(interpolated, component.name)
-    saved_state = _saved_state(last_dir, run_config, stdout) if resume else None
+    saved_state = _saved_state(last_dir, run_config, component.name, stdout) if resume else None
     if saved_state is not None:
         model, pieces = load_checkpoint(last_dir, **dropout_rates(component.model))
         saved_objectives = load_saved_objectives(last_dir)
@@ -114,7 +114,9 @@ def build_trainer(
     return trainer
 
 
-def _saved_state(last_dir: Path, run_config: Dict[str, Any], stdout: TextIO) -> Optional[dict]:
+def _saved_state(
+    last_dir: Path, run_config: Dict[str, Any], component: str, stdout: TextIO
+) -> Optional[dict]:
     """What --resume continues from; None (said so) when nothing was saved yet."""
     if not (last_dir / STATE_FILE).exists():
         print(f"--resume: nothing saved in {last_dir} yet; starting from the beginning", file=stdout)
@@ -122,7 +124,7 @@ def _saved_state(last_dir: Path, run_config: Dict[str, Any], stdout: TextIO) -> 
     saved_state = torch.load(last_dir / STATE_FILE, map_location="cpu", weights_only=True)
     saved_run_config = saved_state.pop("run_config", None)
     if saved_run_config is not None:
-        _check_resumable(saved_run_config, run_config, last_dir, stdout)
+        _check_resumable(saved_run_config, run_config, component, last_dir, stdout)
     return saved_state
 
 
@@ -202,9 +204,12 @@ def _flatten(value: Any, prefix: str = "") -> List[Tuple[str, Any]]:
     return [(prefix[:-1], value)]
 
 
-def _check_resumable(saved: Dict[str, Any], current: Dict[str, Any], last_dir: Path, stdout: TextIO) -> None:
+def _check_resumable(
+    saved: Dict[str, Any], current: Dict[str, Any], component: str, last_dir: Path, stdout: TextIO
+) -> None:
+    resumable = tuple(key.format(component=component) for key in RESUMABLE_CHANGES)
     changed = sorted(key for key in saved.keys() | current.keys() if saved.get(key) != current.get(key))
-    refused = [key for key in changed if not key.startswith(RESUMABLE_CHANGES)]
+    refused = [key for key in changed if not key.startswith(resumable)]
     if refused:
         details = "; ".join(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}" for key in refused)
         raise PretrainingError(
