@@ -504,6 +504,36 @@ def header(info: Dict[str, str], threads: Any, *details: str) -> str:
     return "; ".join([*parts, info["load"], *details])
 
 
+# aten ops grouped by what the time goes to (self CPU time; the first matching group wins).
+OP_GROUPS = {
+    "matmul": ("addmm", "aten::mm", "bmm", "matmul", "linear", "mkldnn", "onednn"),
+    "attention kernel": ("scaled_dot_product", "flash_attention", "_efficient_attention"),
+    "softmax, GELU, LayerNorm": ("softmax", "gelu", "layer_norm"),
+    "dropout": ("bernoulli", "dropout"),
+    "loss": ("log_softmax", "nll_loss", "cross_entropy", "argmax"),
+    "optimizer, grad clip": ("_foreach", "addcdiv", "lerp", "sqrt", "norm"),
+    "copies, casts": ("copy_", "_to_copy", "clone", "contiguous", "cat"),
+    "elementwise": ("aten::add", "aten::mul", "aten::div", "aten::sub", "aten::where", "aten::tanh"),
+    "index, embedding": ("index", "gather", "scatter", "embedding"),
+}
+
+
+def aten_breakdown(events: Any, steps: int) -> Dict[str, Any]:
+    """Self CPU seconds per step of a profile's aten ops (`prof.key_averages()`): by OP_GROUPS,
+    in all, and the top 12 ops with their calls per step."""
+    ops = [e for e in events if e.key.startswith("aten::")]
+    groups: Dict[str, float] = {}
+    for event in ops:
+        group = next((g for g, keys in OP_GROUPS.items() if any(k in event.key for k in keys)), "other")
+        groups[group] = groups.get(group, 0.0) + event.self_cpu_time_total / 1e6 / steps
+    top = sorted(ops, key=lambda e: -e.self_cpu_time_total)[:12]
+    return {
+        "op_groups_s": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
+        "aten_s": sum(groups.values()),
+        "top_ops": [(e.key, e.count // steps, e.self_cpu_time_total / 1e6 / steps) for e in top],
+    }
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines.extend("| " + " | ".join(_cell(value) for value in row) + " |" for row in rows)

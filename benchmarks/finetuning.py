@@ -12,6 +12,7 @@ listener, and every update fine-tunes the encoder end to end:
 * ours-bf16: ours with `autocast = "bf16"` in `[components.bert_encoder.model]`;
 * optional (`--arms`): `ours-wN` / `ours-bf16-wN`, ours with `window = N` pieces per window
   (default 510); `ours-w126` gives windows of 128 positions like the peer's, but without overlap.
+  `-a0` after any of these: attention dropout 0 (torch's fused attention kernel) instead of 0.1.
 
 The loop is `spacy train`'s own (`spacy.training.loop.train_while_improving`, accumulate_gradient 1):
 CoNLL-2003 train articles (converted like `spacy convert -c ner`, read with `spacy.Corpus.v1`)
@@ -46,6 +47,7 @@ from common import (
     achieved,
     add_run_options,
     arm_limit,
+    aten_breakdown,
     checkpoint,
     conll_docbin,
     header,
@@ -90,6 +92,8 @@ NER_MODEL = {
     "nO": None,
 }
 NER_FEATURES = 3  # state tokens per action for state_type ner
+# --profile: nlp.update (every component's forward and backward), then finish_update (Adam)
+PHASES = ("nlp.update", "finish_update")
 
 
 def build(arm: str, size: str, window: int, stride: int):
@@ -115,13 +119,15 @@ def build(arm: str, size: str, window: int, stride: int):
             "upstream": "*",
         }
     else:
-        # "ours", "ours-bf16", and with a window of N pieces (default: 510) "ours-wN", "ours-bf16-wN"
+        # "ours", "ours-bf16", with a window of N pieces (default: 510) "ours-wN", "ours-bf16-wN",
+        # and without attention dropout "ours-a0" (also "ours-bf16-a0", "ours-w126-a0")
         parts = arm.split("-")[1:]
         windows = [int(part[1:]) for part in parts if part.startswith("w")]
         model = {
             "@architectures": "spacy_bert_plugin.BertEncoder.v1",
             "autocast": "bf16" if "bf16" in parts else None,
             "window": windows[0] if windows else None,
+            "attention_dropout": 0.0 if "a0" in parts else 0.1,
         }
         nlp.add_pipe("bert_encoder", config={"checkpoint": str(checkpoint(size)), "model": model})
         listener = {
@@ -178,15 +184,37 @@ class ArmWorker:
 
     def update(self, batch: List[Any]) -> Dict[str, float]:
         """One step of spacy.training.loop.train_while_improving (accumulate_gradient = 1)."""
+        from torch.profiler import record_function
+
         losses: Dict[str, float] = {}
-        self.nlp.update(batch, drop=DROPOUT, losses=losses, sgd=False)
-        for _name, proc in self.nlp.pipeline:
-            if getattr(proc, "is_trainable", False) and proc.model not in (True, False, None):
-                proc.finish_update(self.optimizer)
-        self.optimizer.step_schedules()
+        with record_function(PHASES[0]):
+            self.nlp.update(batch, drop=DROPOUT, losses=losses, sgd=False)
+        with record_function(PHASES[1]):
+            for _name, proc in self.nlp.pipeline:
+                if getattr(proc, "is_trainable", False) and proc.model not in (True, False, None):
+                    proc.finish_update(self.optimizer)
+            self.optimizer.step_schedules()
         return losses
 
+    def profile(self) -> Dict[str, Any]:
+        """The timed steps under torch.profiler: the two phases and the aten ops in them."""
+        import torch
+
+        start = time.perf_counter()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for batch in self.batches:
+                self.update(batch)
+        n = len(self.batches)
+        events = prof.key_averages()
+        return {
+            "step_s": (time.perf_counter() - start) / n,
+            "phases_s": {e.key: e.cpu_time_total / 1e6 / n for e in events if e.key in PHASES},
+            **aten_breakdown(events, n),
+        }
+
     def handle(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        if request.get("profile"):
+            return self.profile()
         if request.get("memory"):
             return {
                 "load_rss_mib": self.load_rss,
@@ -210,10 +238,8 @@ class ArmWorker:
         }
 
 
-def measure_size(size: str, arms: List[str], steps: int, args: argparse.Namespace) -> List[Dict[str, Any]]:
-    """All arms of one size alive side by side; step i is taken by every arm on the same batch,
-    one arm after the other (order alternating), so noise hits all arms alike."""
-    spec = dict(
+def worker_spec(size: str, steps: int, args: argparse.Namespace) -> Dict[str, Any]:
+    return dict(
         size=size,
         threads=args.threads,
         peer_window=args.peer_window,
@@ -223,6 +249,40 @@ def measure_size(size: str, arms: List[str], steps: int, args: argparse.Namespac
         warmup=args.warmup,
         steps=steps,
     )
+
+
+def profile_size(size: str, arms: List[str], steps: int, args: argparse.Namespace) -> str:
+    """Each arm's timed steps under torch.profiler, one arm at a time: its phases, and the aten ops
+    by group; what is left of nlp.update beside aten ops is spaCy's and thinc's (the NER head)."""
+    lines = []
+    for arm in arms:
+        worker = Worker(SCRIPT, dict(worker_spec(size, steps, args), arm=arm))
+        r = worker.ask({"profile": True})
+        worker.close()
+        step = r["step_s"]
+        rows = [[phase, 1e3 * seconds, percent(seconds / step)] for phase, seconds in r["phases_s"].items()]
+        rows += [[f"aten: {group}", 1e3 * s, percent(s / step)] for group, s in r["op_groups_s"].items()]
+        rows.append(
+            [
+                "not aten (spaCy, thinc, numpy, Python)",
+                1e3 * (step - r["aten_s"]),
+                percent(1 - r["aten_s"] / step),
+            ]
+        )
+        lines += ["", f"{size} {arm}: {1e3 * step:.0f} ms/step with the profiler on, {steps} steps", ""]
+        lines += [markdown_table(["where", "ms/step", "share"], rows), ""]
+        lines.append(
+            markdown_table(
+                ["top aten op", "calls/step", "ms/step"], [[k, c, 1e3 * v] for k, c, v in r["top_ops"]]
+            )
+        )
+    return "\n".join(lines)
+
+
+def measure_size(size: str, arms: List[str], steps: int, args: argparse.Namespace) -> List[Dict[str, Any]]:
+    """All arms of one size alive side by side; step i is taken by every arm on the same batch,
+    one arm after the other (order alternating), so noise hits all arms alike."""
+    spec = worker_spec(size, steps, args)
     workers = {}
     for arm in arms:
         start = time.perf_counter()
@@ -321,10 +381,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2; --quick 1)")
     parser.add_argument("--batch-words", type=int, default=1000, help="spacy.batch_by_words.v1 size")
     parser.add_argument(
-        "--arms", default=",".join(ARMS), help=f"comma-separated, from {ARMS}; also ours-wN, ours-bf16-wN"
+        "--arms",
+        default=",".join(ARMS),
+        help=f"comma-separated, from {ARMS}; also ours-wN, ours-bf16-wN, and -a0 (no attention dropout)",
     )
     parser.add_argument(
         "--quick", action="store_true", help=f"{QUICK_STEPS} timed steps after 1 warm-up step"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="where each arm's step goes (torch.profiler), not speed"
     )
     add_run_options(parser, peer_spans=True)
     args = parser.parse_args()
@@ -346,7 +411,12 @@ def main() -> None:
     rounds = []
     for size in sizes:
         steps = args.steps or (QUICK_STEPS if args.quick else DEFAULT_STEPS.get(size, 10))
+        if args.profile:
+            print(profile_size(size, args.arms.split(","), steps, args))
+            continue
         rounds.extend(measure_size(size, args.arms.split(","), steps, args))
+    if args.profile:
+        return
     print(report(summarize(rounds), info, args))
     if args.json:
         args.json.write_text(json.dumps({"machine": info, "rounds": rounds}, indent=2))

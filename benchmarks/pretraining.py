@@ -41,6 +41,7 @@ from common import (
     TIMED_RUN,
     EncoderMeter,
     achieved,
+    aten_breakdown,
     effective_precision,
     header,
     imdb_texts,
@@ -275,18 +276,6 @@ def measure_cli(spec: Dict[str, Any]) -> Dict[str, Any]:
     return {**spec, "tokens_per_s": sum(t for t, _ in windows) / sum(s for _, s in windows)}
 
 
-# aten ops grouped by what the time goes to (self CPU time; the first matching group wins).
-OP_GROUPS = {
-    "matmul": ("addmm", "aten::mm", "bmm", "matmul", "linear", "mkldnn", "onednn"),
-    "attention kernel": ("scaled_dot_product", "flash_attention", "_efficient_attention"),
-    "softmax, GELU, LayerNorm": ("softmax", "gelu", "layer_norm"),
-    "dropout": ("bernoulli", "dropout"),
-    "loss": ("log_softmax", "nll_loss", "cross_entropy", "argmax"),
-    "optimizer, grad clip": ("_foreach", "addcdiv", "lerp", "sqrt", "norm"),
-    "copies, casts": ("copy_", "_to_copy", "clone", "contiguous", "cat"),
-    "elementwise": ("aten::add", "aten::mul", "aten::div", "aten::sub", "aten::where", "aten::tanh"),
-    "index, embedding": ("index", "gather", "scatter", "embedding"),
-}
 PHASES = ("batch", "forward", "backward", "optimizer")  # the trainer's record_function ranges
 
 
@@ -310,21 +299,14 @@ def profile(spec: Dict[str, Any], gpu_id: int = -1) -> Dict[str, Any]:
     step_s = (time.perf_counter() - start) / n
     arm.close()
     events = prof.key_averages()
-    ops = [e for e in events if e.key.startswith("aten::")]
-    groups: Dict[str, float] = {}
-    for event in ops:
-        group = next((g for g, keys in OP_GROUPS.items() if any(k in event.key for k in keys)), "other")
-        groups[group] = groups.get(group, 0.0) + event.self_cpu_time_total / 1e6 / n
     kernels = [
         (e.key, e.self_device_time_total / 1e6 / n) for e in events if e.device_type == DeviceType.CUDA
     ]
-    top = sorted(ops, key=lambda e: -e.self_cpu_time_total)[:12]
     return {
         **spec,
         "step_s": step_s,
         "phases_s": {e.key: e.cpu_time_total / 1e6 / n for e in events if e.key in PHASES},
-        "op_groups_s": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
-        "top_ops": [(e.key, e.count // n, e.self_cpu_time_total / 1e6 / n) for e in top],
+        **aten_breakdown(events, n),
         "gpu_busy": sum(s for _, s in kernels) / step_s if cuda else None,
         "top_kernels": sorted(kernels, key=lambda kv: -kv[1])[:10],
     }

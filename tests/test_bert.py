@@ -145,6 +145,26 @@ def test_attention_path_with_dropout_matches_sdpa_apart_from_the_mask():
     assert dropped.shape == expected.shape and not torch.allclose(dropped, expected)
 
 
+def test_attention_weights_over_the_block_size_are_computed_a_few_windows_at_a_time():
+    """Windows whose weights exceed ATTENTION_BLOCK_BYTES go through in blocks (3 here, the
+    padded window in the middle one) with the same result and gradients as in one piece."""
+    torch.manual_seed(3)
+    length = 1024  # 2 heads x 1024 x 1024 float32 weights: 8 MiB a window, 2 windows a block
+    q, k, v = (torch.randn(5, 2, length, 8, requires_grad=True) for _ in range(3))
+    mask = torch.ones(5, 1, 1, length, dtype=torch.bool)
+    mask[2, ..., 700:] = False
+    blocked = attention(q, k, v, mask, 1e-9)
+    blocked.square().sum().backward()
+    grads = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    expected.square().sum().backward()
+    torch.testing.assert_close(blocked, expected, atol=1e-5, rtol=0)
+    for grad, t in zip(grads, (q, k, v)):
+        torch.testing.assert_close(grad, t.grad, atol=1e-4, rtol=1e-4)
+
+
 def test_hf_state_round_trip(hf_checkpoint):
     reference = transformers.BertForPreTraining.from_pretrained(hf_checkpoint)
     hf_state = reference.state_dict()

@@ -109,6 +109,47 @@ class FineTune:
     warmup_steps: int = 30
     learning_rate: Optional[float] = None
     batch_words: int = 1000
+    tok2vec: Optional[Dict[str, Any]] = None  # the head's tok2vec block; None: LISTENER
+    frozen: bool = False
+    attention_dropout: Optional[float] = None  # None: the config's
+    seed: int = 0
+
+
+# BERT alone: the head reads the bert_encoder listener, whatever configs/ner.cfg ships.
+LISTENER = {
+    "@architectures": "spacy.Tok2VecListener.v1",
+    "width": "${components.bert_encoder.model.hidden_width}",
+    "upstream": "bert_encoder",
+}
+
+
+def token_features(combine: str, depth: int = 0) -> Dict[str, Any]:
+    """The head's tok2vec: the bert_encoder listener with spaCy's token features."""
+    return {
+        "@architectures": "spacy_bert_plugin.BertTokenFeatures.v1",
+        "width": "${components.bert_encoder.model.hidden_width}",
+        "upstream": "bert_encoder",
+        "combine": combine,
+        "depth": depth,
+    }
+
+
+# --features: fine-tuning variants of the BERT arms, (BERT arm, change to its fine-tune).
+FEATURE_ARMS: Dict[str, Tuple[str, Dict[str, Any]]] = {
+    "pretrained-features": ("pretrained", {"tok2vec": token_features("sum")}),
+    "pretrained-features-concat": ("pretrained", {"tok2vec": token_features("concat")}),
+    "pretrained-features-window": ("pretrained", {"tok2vec": token_features("sum", depth=1)}),
+    "pretrained-features-frozen": ("pretrained", {"tok2vec": token_features("sum"), "frozen": True}),
+    # attention without dropout runs torch's fused kernel: about half the attention time on a CPU
+    "pretrained-features-window-no-attention-dropout": (
+        "pretrained",
+        {"tok2vec": token_features("sum", depth=1), "attention_dropout": 0.0},
+    ),
+    "random-features": ("random", {"tok2vec": token_features("sum")}),
+    "random-features-window": ("random", {"tok2vec": token_features("sum", depth=1)}),
+}
+# --seeds N: the arms trained again with fine-tuning seeds 1 .. N-1 (the pretraining stays).
+SEEDED_ARMS = ("pretrained", "pretrained-features", "pretrained-features-window", "cnn", "bow")
 
 
 @dataclass(frozen=True)
@@ -332,12 +373,16 @@ def recipe_label(config: Config) -> str:
 
 
 def pretrain(overrides: Overrides, corpus: Path, out: Path, budget: Budget, threads: int) -> Dict[str, Any]:
-    """`python -m spacy bert-pretrain` with the recipe and `overrides`; cached by the config's text."""
+    """`python -m spacy bert-pretrain` with the recipe and `overrides`; cached by the config's text,
+    whatever its thread count (--jobs)."""
     config = pretraining_run_config(overrides, corpus, budget, threads)
     stats_file, config_path = out / "pretrain_stats.json", out / "pretrain.cfg"
     done = stats_file.exists() and (out / "model-best").exists() and config_path.exists()
-    if done and config_path.read_text() == config.to_str():
-        return read_json(stats_file)
+    if done:
+        saved = Config().from_str(config_path.read_text(), interpolate=False)
+        saved["bert_pretraining"]["threads"] = threads
+        if saved.to_str() == config.to_str():
+            return read_json(stats_file)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     config.to_disk(config_path)
@@ -403,15 +448,21 @@ def bert_config(task: Task, init_bert: Optional[Path], pretraining: Config, fine
         "training.optimizer.learn_rate.warmup_steps": finetune.warmup_steps,
         "training.optimizer.learn_rate.total_steps": finetune.steps,
         "training.before_update": {"@callbacks": CALLBACK, "budget_s": None},
+        "components.bert_encoder.frozen": finetune.frozen,
+        "system.seed": finetune.seed,
     }
     if finetune.learning_rate is not None:
         overrides["training.optimizer.learn_rate.initial_rate"] = finetune.learning_rate
+    if finetune.attention_dropout is not None:
+        overrides["components.bert_encoder.model.attention_dropout"] = finetune.attention_dropout
     from spacy import util
 
-    return util.load_config(CONFIGS / name, overrides=overrides, interpolate=False)
+    config = util.load_config(CONFIGS / name, overrides=overrides, interpolate=False)
+    config["components"][task.kind]["model"]["tok2vec"] = dict(finetune.tok2vec or LISTENER)
+    return config
 
 
-def spacy_config(task: Task, arm: str, cpu_budget: float) -> Config:
+def spacy_config(task: Task, arm: str, cpu_budget: float, seed: int = 0) -> Config:
     """spaCy's own pipeline from `spacy init config`, trained for `cpu_budget` CPU seconds."""
     pipe = "ner" if task.kind == "ner" else "textcat"
     optimize = (
@@ -435,6 +486,7 @@ def spacy_config(task: Task, arm: str, cpu_budget: float) -> Config:
             data.run([sys.executable, "-m", "spacy", *command])
     config = Config().from_disk(base, interpolate=False)
     config["paths"].update(train=str(task.train), dev=str(task.train_dev), vectors=None)
+    config["system"]["seed"] = seed
     for component in config["components"].values():
         embed = component.get("model", {}).get("embed")
         if isinstance(embed, dict) and "include_static_vectors" in embed:
@@ -471,12 +523,14 @@ class Job:
     name: str
     run: Callable[[Dict[str, Any]], Any]  # gets the results of the finished jobs
     deps: Tuple[str, ...] = ()
+    pretraining: bool = False
 
 
 def run_jobs(jobs: List[Job], parallel: int) -> Dict[str, Any]:
-    """Run the jobs, up to `parallel` at a time, each once its dependencies are done, in list order."""
+    """Run the jobs, up to `parallel` at a time, each once its dependencies are done: pretrainings
+    first (the longest jobs, which fine-tunes wait for), then in list order."""
     results: Dict[str, Any] = {}
-    pending = list(jobs)
+    pending = sorted(jobs, key=lambda job: not job.pretraining)
     running: Dict[Future, Job] = {}
     with ThreadPoolExecutor(parallel) as pool:
         while pending or running:
@@ -506,7 +560,7 @@ class Planner:
     def pretraining(self, overrides: Overrides, corpus: str, out: Path, after: Optional[Path] = None) -> Path:
         """`after`: a pretraining on the same corpus that builds its vocabulary and piece cache first."""
         run = lambda _: pretrain(overrides, self.corpora[corpus], out, self.budget, self.threads)  # noqa: E731
-        self.jobs.append(Job(str(out), run, (str(after),) if after else ()))
+        self.jobs.append(Job(str(out), run, (str(after),) if after else (), pretraining=True))
         return out
 
     def bert(
@@ -519,12 +573,12 @@ class Planner:
         self.jobs.append(Job(str(out), run, (str(pretrain_dir),) if pretrain_dir else ()))
         return out
 
-    def spacy(self, task: Task, arm: str, out: Path, bert_outs: Tuple[Path, Path]) -> Path:
+    def spacy(self, task: Task, arm: str, out: Path, bert_outs: Tuple[Path, Path], seed: int = 0) -> Path:
         """A spaCy arm with the mean CPU time of the task's two BERT runs as its budget."""
 
         def run(results: Dict[str, Any]) -> Any:
             cpu_budget = statistics.mean(results[str(bert_out)]["train"]["cpu_s"] for bert_out in bert_outs)
-            return finetune(task, out, spacy_config(task, arm, cpu_budget), self.threads)
+            return finetune(task, out, spacy_config(task, arm, cpu_budget, seed), self.threads)
 
         self.jobs.append(Job(str(out), run, tuple(str(bert_out) for bert_out in bert_outs)))
         return out
@@ -562,11 +616,19 @@ def plan(
     ablate: bool,
     minutes: Optional[float] = None,
     rtd: bool = False,
+    features: bool = False,
+    seeds: int = 1,
+    case_ablation: bool = False,
+    warm_start: Optional[float] = None,
 ):
     """The jobs in order of priority (BERT arms; the CNN arms of CoNLL-2003 and SST-2; the fine-tuning
     learning-rate sweep; the other spaCy arms; ablations) and where each result will be found.
     `minutes`: the pretrainings' time budget in place of their steps; `rtd`: a BERT arm pretrained
-    with replaced-token detection beside the masked-LM one, for the same budget."""
+    with replaced-token detection beside the masked-LM one, for the same budget; `features`: the
+    FEATURE_ARMS; `seeds`: SEEDED_ARMS again with other fine-tuning seeds; `case_ablation`: the NER
+    case ablation alone (with `features`, fine-tuned with and without them); `warm_start`: with
+    `minutes`, a BERT arm pretrained with masked-LM for that fraction of the minutes, then with RTD
+    from its checkpoint for the rest."""
     planner = Planner(budget, corpora, run_dir, threads)
     timed = {STEPS: None, "bert_pretraining.max_minutes": minutes} if minutes else {}
     recipes = {
@@ -585,6 +647,7 @@ def plan(
         "tasks": {name: {} for name in tasks},
         "ablations": {},
         "lr_sweep": {},
+        "seeds": {name: {} for name in tasks},
     }
     for label, name in (("NER (news)", "ner"), ("sentiment (IMDB)", "sst2")):
         if dirs[name] in {dirs[task] for task in tasks}:
@@ -599,23 +662,55 @@ def plan(
                 planner.pretraining({**overrides, **RTD_PRETRAINING}, corpus, out)
                 layout["pretraining"][label] = str(out)
                 rtd_dirs[name] = rtd_dirs["imdb" if name == "sst2" else name] = out
+    warm_dirs: Dict[str, Path] = {}
+    if warm_start and minutes:
+        for label, name in (("NER (news), MLM then RTD", "ner"), ("sentiment (IMDB), MLM then RTD", "sst2")):
+            if dirs[name] in {dirs[task] for task in tasks}:
+                overrides, corpus = recipes[name]
+                mlm_minutes = minutes * warm_start
+                first = dirs[name].with_name(f"{dirs[name].name}-mlm-{mlm_minutes:g}min")
+                planner.pretraining({**overrides, "bert_pretraining.max_minutes": mlm_minutes}, corpus, first)
+                layout["pretraining"][f"{label} (MLM part)"] = str(first)
+                rtd_part = {
+                    **overrides,
+                    **RTD_PRETRAINING,
+                    "bert_pretraining.max_minutes": minutes - mlm_minutes,
+                    "paths.init_bert": str(first / "model-best"),
+                }
+                out = dirs[name].with_name(f"{dirs[name].name}-mlm-rtd")
+                planner.pretraining(rtd_part, corpus, out, after=first)
+                layout["pretraining"][label] = str(out)
+                warm_dirs[name] = warm_dirs["imdb" if name == "sst2" else name] = out
+
+    def bert_arm(task: Task, arm: str, base: str, variant: str = "") -> str:
+        out = run_dir / f"{task.name}-{arm}{suffix}{variant}"
+        pretrained = dirs[task.name] if base == "pretrained" else None
+        return str(planner.bert(task, out, *recipes[task.name], pretrained))
 
     def bert_arms(task: Task, variant: str = "") -> Dict[str, str]:
-        arms = {}
-        for arm in ("random", "pretrained"):
-            out = run_dir / f"{task.name}-{arm}{suffix}{variant}"
-            arms[arm] = str(
-                planner.bert(task, out, *recipes[task.name], dirs[task.name] if arm == "pretrained" else None)
-            )
-        return arms
+        return {arm: bert_arm(task, arm, arm, variant) for arm in ("random", "pretrained")}
+
+    def feature_arm(task: Task, arm: str, seed: int = 0) -> str:
+        base, change = FEATURE_ARMS.get(arm, (arm, {}))
+        tuned = replace(task, finetune=replace(task.finetune, **change, seed=seed))
+        return bert_arm(tuned, arm, base, f"-seed{seed}" if seed else "")
 
     for name, task in tasks.items():
         layout["tasks"][name] = bert_arms(task)
+        if features:
+            for arm in FEATURE_ARMS:
+                layout["tasks"][name][arm] = feature_arm(task, arm)
         if name in rtd_dirs:
             overrides, corpus = recipes[name]
             out = run_dir / f"{task.name}-pretrained-rtd{suffix}"
             layout["tasks"][name]["pretrained-rtd"] = str(
                 planner.bert(task, out, {**overrides, **RTD_PRETRAINING}, corpus, rtd_dirs[name])
+            )
+        if name in warm_dirs:
+            overrides, corpus = recipes[name]
+            out = run_dir / f"{task.name}-pretrained-mlm-rtd{suffix}"
+            layout["tasks"][name]["pretrained-mlm-rtd"] = str(
+                planner.bert(task, out, {**overrides, **RTD_PRETRAINING}, corpus, warm_dirs[name])
             )
     # the spaCy arms the goals compare with (CoNLL-2003 and SST-2 CNN), the learning-rate sweep, the others
     spacy_arms = [
@@ -639,25 +734,41 @@ def plan(
         layout["tasks"][name][arm] = str(
             planner.spacy(tasks[name], arm, run_dir / f"{name}-{arm}{suffix}", bert_outs)
         )
-    if not ablate:
-        return planner.jobs, layout
-    variants = []
-    if "sst2" in tasks:
+    for name, task in tasks.items():
+        bert_outs = (run_dir / f"{name}-pretrained{suffix}", run_dir / f"{name}-random{suffix}")
+        for arm in [arm for arm in SEEDED_ARMS if arm in layout["tasks"][name]]:
+            for seed in range(1, seeds):
+                if arm in ("cnn", "bow"):
+                    out = run_dir / f"{name}-{arm}{suffix}-seed{seed}"
+                    seeded = str(planner.spacy(task, arm, out, bert_outs, seed))
+                else:
+                    seeded = feature_arm(task, arm, seed)
+                layout["seeds"][name].setdefault(arm, {})[seed] = seeded
+    variants = []  # (name, pretraining overrides, corpus, fine-tunes as (name suffix, folder, task))
+    if ablate and "sst2" in tasks:
         sst2 = replace(tasks["sst2"], finetune=budget.ablation_finetune)
-        variants += [(name, overrides, "imdb", sst2) for name, overrides in ablations(budget).items()]
-    if budget.ner_case_ablation and "ner" in tasks:
+        variants += [
+            (name, overrides, "imdb", [("", "sst2", sst2)]) for name, overrides in ablations(budget).items()
+        ]
+    if (case_ablation or ablate and budget.ner_case_ablation) and "ner" in tasks:
         case = "components.bert_encoder.lowercase"
-        lowercase = not budget.ner_pretraining.get(case, recipe_value(case))
-        overrides = {**budget.ner_pretraining, case: lowercase}
-        variants.append(("NER " + ("uncased" if lowercase else "cased"), overrides, "news", tasks["ner"]))
-    for name, overrides, corpus, task in variants:
+        lowercase = not recipes["ner"][0].get(case, recipe_value(case))
+        overrides = {**recipes["ner"][0], case: lowercase}
+        tunes = [("", "ner", tasks["ner"])]
+        if features:
+            _, change = FEATURE_ARMS["pretrained-features-window"]
+            window = replace(tasks["ner"], finetune=replace(tasks["ner"].finetune, **change))
+            tunes.append((", + features (sum, window encoder)", "ner-features-window", window))
+        variants.append(("NER " + ("uncased" if lowercase else "cased"), overrides, "news", tunes))
+    for name, overrides, corpus, tunes in variants:
         slug = "ablation-" + name.lower().translate(
             {ord(","): None, ord("."): None, ord("="): "-", ord(" "): "-", ord("/"): "-"}
         )
         main = dirs["sst2" if corpus == "imdb" else "ner"]
         pretrain_dir = planner.pretraining(overrides, corpus, run_dir / slug / "pretrain", after=main)
-        tuned = planner.bert(task, run_dir / slug / task.name, overrides, corpus, pretrain_dir)
-        layout["ablations"][name] = {"pretrain": str(pretrain_dir), "tuned": str(tuned)}
+        for suffix_name, folder, task in tunes:
+            tuned = planner.bert(task, run_dir / slug / folder, overrides, corpus, pretrain_dir)
+            layout["ablations"][name + suffix_name] = {"pretrain": str(pretrain_dir), "tuned": str(tuned)}
     return planner.jobs, layout
 
 
@@ -666,7 +777,15 @@ def plan(
 ARM_NAMES = {
     "pretrained": "BERT pretrained",
     "pretrained-rtd": "BERT pretrained, RTD",
+    "pretrained-mlm-rtd": "BERT pretrained, MLM then RTD",
     "random": "BERT random init",
+    "pretrained-features": "BERT pretrained + features (sum)",
+    "pretrained-features-concat": "BERT pretrained + features (concat)",
+    "pretrained-features-window": "BERT pretrained + features (sum, window encoder)",
+    "pretrained-features-frozen": "BERT pretrained, frozen, + features (sum)",
+    "pretrained-features-window-no-attention-dropout": "BERT pretrained + features (sum, window), no attention dropout",
+    "random-features": "BERT random init + features (sum)",
+    "random-features-window": "BERT random init + features (sum, window encoder)",
     "cnn": "spaCy CNN",
     "bow": "spaCy BOW",
 }
@@ -691,9 +810,10 @@ def report(results: Dict[str, Any]) -> str:
         "",
     ]
     rows = []
+    shown_arms = [arm for arm in ARM_NAMES if any(arm in arms for arms in results["tasks"].values())]
     for task, split, metric, label in [row for row in ROWS if row[0] in results["tasks"]]:
         arms = results["tasks"][task]
-        values = [arms[a]["scores"][split][metric] if a in arms else None for a in ARM_NAMES]
+        values = [arms[a]["scores"][split][metric] if a in arms else None for a in shown_arms]
         cells = [f"{v:.1f}" if v is not None else "-" for v in values]
         gain = arms["pretrained"]["scores"][split][metric] - arms["random"]["scores"][split][metric]
         rows.append([label, *cells, f"{gain:+.1f}"])
@@ -701,10 +821,13 @@ def report(results: Dict[str, Any]) -> str:
         arms = results["tasks"][task]
         cells = [
             f"{arms[a]['train']['steps']} / {arms[a]['train']['cpu_s']:.0f}" if a in arms else "-"
-            for a in ARM_NAMES
+            for a in shown_arms
         ]
         rows.append([f"{label} train steps / CPU s", *cells, ""])
-    lines += [markdown_table(["", *ARM_NAMES.values(), "pretrained - random"], rows), ""]
+    header = ["", *(ARM_NAMES[arm] for arm in shown_arms), "pretrained - random"]
+    lines += [markdown_table(header, rows), ""]
+    if any(results.get("seeds", {}).values()):
+        lines += [seeds_table(results), ""]
     held_out = {
         "mlm_accuracy": "MLM acc",
         "nsp_accuracy": "NSP acc",
@@ -775,6 +898,23 @@ def lr_sweep_table(results: Dict[str, Any]) -> str:
     return markdown_table(headers, rows)
 
 
+def seed_scores(results: Dict[str, Any], task: str, arm: str, split: str, metric: str) -> List[float]:
+    """The arm's score for each fine-tuning seed, seed 0 first."""
+    runs = [results["tasks"][task][arm], *results.get("seeds", {}).get(task, {}).get(arm, {}).values()]
+    return [run["scores"][split][metric] for run in runs]
+
+
+def seeds_table(results: Dict[str, Any]) -> str:
+    """Each seeded arm's scores per fine-tuning seed and their mean."""
+    rows = []
+    for task, split, metric, label in [row for row in ROWS if row[0] in results["seeds"]]:
+        for arm in results["seeds"][task]:
+            scores = seed_scores(results, task, arm, split, metric)
+            cells = " / ".join(f"{score:.1f}" for score in scores)
+            rows.append([label, ARM_NAMES[arm], cells, f"{statistics.mean(scores):.1f}"])
+    return markdown_table(["", "arm", "per fine-tuning seed", "mean"], rows)
+
+
 def goal_lines(results: Dict[str, Any]) -> List[str]:
     tasks = results["tasks"]
     checks = []
@@ -783,7 +923,9 @@ def goal_lines(results: Dict[str, Any]) -> List[str]:
         ("sst2", "dev", "accuracy", "points on SST-2 dev"),
     ):
         if task in tasks:
-            score = {arm: tasks[task][arm]["scores"][split][metric] for arm in tasks[task]}
+            score = {
+                arm: statistics.mean(seed_scores(results, task, arm, split, metric)) for arm in tasks[task]
+            }
             checks += [
                 (f"pretrained - random >= 3 {what}", score["pretrained"] - score["random"], 3.0),
                 (f"pretrained - spaCy CNN >= 0 {what}", score["pretrained"] - score["cnn"], 0.0),
@@ -794,7 +936,16 @@ def goal_lines(results: Dict[str, Any]) -> List[str]:
                     (f"RTD - random >= 3 {what}", score["pretrained-rtd"] - score["random"], 3.0),
                     (f"RTD - spaCy CNN >= 3 {what}", score["pretrained-rtd"] - score["cnn"], 3.0),
                 ]
-    lines = ["Goals:", ""]
+            if "pretrained-mlm-rtd" in score:
+                gain = score["pretrained-mlm-rtd"] - score["pretrained"]
+                checks.append((f"MLM then RTD - MLM >= 2 {what}", gain, 2.0))
+            if "pretrained-features" in score:
+                spacy_best = max(score[arm] for arm in ("cnn", "bow") if arm in score)
+                best_features = max(score[arm] for arm in score if "features" in arm)
+                checks.append(
+                    (f"best features arm - best spaCy arm >= 3 {what}", best_features - spacy_best, 3.0)
+                )
+    lines = ["Goals (seed means where seeded):", ""]
     for text, value, target in checks:
         verdict = "met" if value >= target else f"missed by {target - value:.1f}"
         lines.append(f"- {text}: {value:+.1f} ({verdict})")
@@ -829,6 +980,24 @@ def main() -> None:
         "--rtd", action="store_true", help="add a BERT arm pretrained with replaced-token detection"
     )
     parser.add_argument(
+        "--rtd-warm-start",
+        type=float,
+        metavar="FRACTION",
+        help="with --pretrain-minutes: add an arm pretrained with masked-LM for this fraction of the "
+        "minutes, then with RTD from that checkpoint for the rest",
+    )
+    parser.add_argument(
+        "--features", action="store_true", help="add the BERT arms with spaCy's token features"
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=1, help="fine-tune the main arms with this many seeds (default 1)"
+    )
+    parser.add_argument(
+        "--case-ablation",
+        action="store_true",
+        help="the NER case ablation (the other case's pretraining), also with --skip-ablations",
+    )
+    parser.add_argument(
         "--tasks",
         nargs="+",
         choices=list(TASK_NAMES),
@@ -836,6 +1005,8 @@ def main() -> None:
         help="tasks to run (default all); only their pretraining and ablations run",
     )
     args = parser.parse_args()
+    if args.rtd_warm_start is not None and not (args.pretrain_minutes and 0 < args.rtd_warm_start < 1):
+        parser.error("--rtd-warm-start needs --pretrain-minutes and a fraction between 0 and 1")
     budget = BUDGETS[args.mode]
     run_dir = CACHE / budget.name
     if args.fresh:
@@ -847,7 +1018,18 @@ def main() -> None:
     tasks, corpora = prepare_tasks(budget)
     tasks = {name: task for name, task in tasks.items() if name in args.tasks}
     jobs, layout = plan(
-        budget, tasks, corpora, run_dir, threads, not args.skip_ablations, args.pretrain_minutes, args.rtd
+        budget,
+        tasks,
+        corpora,
+        run_dir,
+        threads,
+        not args.skip_ablations,
+        args.pretrain_minutes,
+        args.rtd,
+        args.features,
+        args.seeds,
+        args.case_ablation,
+        args.rtd_warm_start,
     )
     done = run_jobs(jobs, args.jobs)
     results = {
@@ -855,7 +1037,11 @@ def main() -> None:
         "budget": asdict(budget),
         "jobs": args.jobs,
         "options": (f" --pretrain-minutes {args.pretrain_minutes:g}" if args.pretrain_minutes else "")
-        + (" --rtd" if args.rtd else ""),
+        + (" --rtd" if args.rtd else "")
+        + (f" --rtd-warm-start {args.rtd_warm_start:g}" if args.rtd_warm_start else "")
+        + (" --features" if args.features else "")
+        + (f" --seeds {args.seeds}" if args.seeds > 1 else "")
+        + (" --case-ablation" if args.case_ablation else ""),
         "threads_per_run": threads,
         "corpora": {path.name: data.jsonl_stats(path) for path in corpora.values()},
         "data": {
@@ -876,6 +1062,10 @@ def main() -> None:
         "lr_sweep": {
             name: {lr: {arm: done[out] for arm, out in arms.items()} for lr, arms in lrs.items()}
             for name, lrs in layout["lr_sweep"].items()
+        },
+        "seeds": {
+            name: {arm: {seed: done[out] for seed, out in seeds.items()} for arm, seeds in arms.items()}
+            for name, arms in layout["seeds"].items()
         },
         "total_wall_s": round(time.perf_counter() - started, 1),
     }

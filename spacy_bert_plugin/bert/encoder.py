@@ -33,13 +33,39 @@ class BertEmbeddings(nn.Module):
         return self.dropout(self.norm(x))
 
 
+# Attention weights are computed this many bytes at a time on a CPU: glibc serves blocks over
+# 32 MiB (its largest mmap threshold) from fresh pages, which fault in again on every step.
+ATTENTION_BLOCK_BYTES = 16 << 20
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], dropout_p: float) -> Tensor:
     """Scaled dot-product attention; `mask` is True where a query may attend.
 
     With dropout on a CPU, torch's `scaled_dot_product_attention` falls back to an unfused path
-    with per-element Bernoulli draws: the same computation with `dropout` is faster."""
+    with per-element Bernoulli draws: the same computation with `dropout` is faster, a few
+    windows at a time so that the weights stay within ATTENTION_BLOCK_BYTES."""
     if dropout_p == 0.0 or q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    batch, heads, length, _ = q.shape
+    rows = max(1, ATTENTION_BLOCK_BYTES // (heads * length * k.shape[2] * q.element_size()))
+    if rows >= batch:
+        return _attention_with_dropout(q, k, v, mask, dropout_p)
+    blocks = [
+        _attention_with_dropout(
+            q[i : i + rows],
+            k[i : i + rows],
+            v[i : i + rows],
+            mask if mask is None or len(mask) == 1 else mask[i : i + rows],
+            dropout_p,
+        )
+        for i in range(0, batch, rows)
+    ]
+    return torch.cat(blocks)
+
+
+def _attention_with_dropout(
+    q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], dropout_p: float
+) -> Tensor:
     weights = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
     if mask is not None:
         weights.masked_fill_(~mask, float("-inf"))
