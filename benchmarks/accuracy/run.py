@@ -19,6 +19,14 @@ IMDB (test accuracy). Arms per task, all from the same data:
   with static vectors off (CNN tok2vec + bag-of-words ensemble);
 * `bow` (textcat tasks only): `python -m spacy init config -p textcat`, spaCy's default textcat.
 
+Options add arms: `--features` the BERT arms with spaCy's token features under the head
+(FEATURE_ARMS: `BertTokenFeatures.v1` sum / concat / with a window layer / frozen encoder / no
+attention dropout; BERT alone reads the bare listener whatever configs/ner.cfg ships); `--seeds N`
+the main arms again with fine-tuning seeds 1 .. N-1; `--rtd` an arm pretrained with
+replaced-token detection, `--rtd-warm-start F` one pretrained with masked-LM for F of
+`--pretrain-minutes` and then with RTD from that checkpoint; `--case-ablation` the NER pretraining
+in the other case, fine-tuned with and without the features.
+
 Every pretraining is the recipe with overrides only for what differs (corpus, steps of the mode,
 case, sequence length, threads; an ablation's one change). Budgets: both BERT arms train for the
 same number of steps (same architecture, so the same compute), with the configs' encoder dropout
