@@ -504,6 +504,14 @@ def header(info: Dict[str, str], threads: Any, *details: str) -> str:
     return "; ".join([*parts, info["load"], *details])
 
 
+# A task head's tok2vec block that reads the bert_encoder listener alone, whatever the configs ship.
+LISTENER = {
+    "@architectures": "spacy.Tok2VecListener.v1",
+    "width": "${components.bert_encoder.model.hidden_width}",
+    "upstream": "bert_encoder",
+}
+
+
 # aten ops grouped by what the time goes to (self CPU time; the first matching group wins).
 OP_GROUPS = {
     "matmul": ("addmm", "aten::mm", "bmm", "matmul", "linear", "mkldnn", "onednn"),

@@ -8,23 +8,18 @@ Arms (the NER head of configs/ner.cfg over each tok2vec): `listener` (`spacy.Tok
 `features` (configs/ner.cfg's `BertTokenFeatures.v1`: sum, one window-encoder layer) and
 `features-no-window` (`depth = 0`). Every pipeline is initialized from random weights on the same
 CoNLL-2003 train articles; then `nlp.pipe` (batch 64) runs over the first test articles (one doc
-each, as `spacy convert -c ner` makes them), tokenized before the clock, the arms interleaved in alternating order. The
-table shows each arm's best CPU time over the rounds as words per CPU-second, and its ratio to
-`listener` of the same size.
+each, as `spacy convert -c ner` makes them), tokenized before the clock, the arms interleaved in
+alternating order. The table shows each arm's best CPU time over the rounds as words per
+CPU-second, and its ratio to `listener` of the same size.
 """
 
 import argparse
 import time
 from typing import Any, Dict, List
 
-from common import CONFIGS, SIZES, conll_docbin, header, machine, markdown_table, set_threads
+from common import CONFIGS, LISTENER, SIZES, conll_docbin, header, machine, markdown_table, set_threads
 
 ARMS = ("listener", "features", "features-no-window")
-LISTENER = {
-    "@architectures": "spacy.Tok2VecListener.v1",
-    "width": "${components.bert_encoder.model.hidden_width}",
-    "upstream": "bert_encoder",
-}
 
 
 def build(arm: str, size: str, train: List[Any]):

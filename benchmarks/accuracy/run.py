@@ -64,6 +64,7 @@ import data  # noqa: E402
 from common import (
     CACHE_DIR,
     CONFIGS,
+    LISTENER,
     SHARED_DATA,
     SIZES,
     machine,
@@ -123,20 +124,11 @@ class FineTune:
     seed: int = 0
 
 
-# BERT alone: the head reads the bert_encoder listener, whatever configs/ner.cfg ships.
-LISTENER = {
-    "@architectures": "spacy.Tok2VecListener.v1",
-    "width": "${components.bert_encoder.model.hidden_width}",
-    "upstream": "bert_encoder",
-}
-
-
 def token_features(combine: str, depth: int = 0) -> Dict[str, Any]:
     """The head's tok2vec: the bert_encoder listener with spaCy's token features."""
     return {
+        **LISTENER,
         "@architectures": "spacy_bert_plugin.BertTokenFeatures.v1",
-        "width": "${components.bert_encoder.model.hidden_width}",
-        "upstream": "bert_encoder",
         "combine": combine,
         "depth": depth,
     }
@@ -708,18 +700,13 @@ def plan(
         if features:
             for arm in FEATURE_ARMS:
                 layout["tasks"][name][arm] = feature_arm(task, arm)
-        if name in rtd_dirs:
-            overrides, corpus = recipes[name]
-            out = run_dir / f"{task.name}-pretrained-rtd{suffix}"
-            layout["tasks"][name]["pretrained-rtd"] = str(
-                planner.bert(task, out, {**overrides, **RTD_PRETRAINING}, corpus, rtd_dirs[name])
-            )
-        if name in warm_dirs:
-            overrides, corpus = recipes[name]
-            out = run_dir / f"{task.name}-pretrained-mlm-rtd{suffix}"
-            layout["tasks"][name]["pretrained-mlm-rtd"] = str(
-                planner.bert(task, out, {**overrides, **RTD_PRETRAINING}, corpus, warm_dirs[name])
-            )
+        for arm, rtd_pretrainings in (("pretrained-rtd", rtd_dirs), ("pretrained-mlm-rtd", warm_dirs)):
+            if name in rtd_pretrainings:
+                overrides, corpus = recipes[name]
+                out = run_dir / f"{task.name}-{arm}{suffix}"
+                layout["tasks"][name][arm] = str(
+                    planner.bert(task, out, {**overrides, **RTD_PRETRAINING}, corpus, rtd_pretrainings[name])
+                )
     # the spaCy arms the goals compare with (CoNLL-2003 and SST-2 CNN), the learning-rate sweep, the others
     spacy_arms = [
         (name, arm)
