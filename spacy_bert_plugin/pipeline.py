@@ -5,6 +5,7 @@ It is a `Tok2Vec`, so downstream components share it through `spacy.Tok2VecListe
 """
 
 import tempfile
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Union
@@ -58,6 +59,8 @@ MIN_VOCAB_SIZE = 100
         "vocab_size": 8000,
         "lowercase": True,
         "frozen": False,
+        "frozen_steps": 0,
+        "learn_rate_scale": 1.0,
     },
 )
 def make_bert_encoder(
@@ -68,10 +71,15 @@ def make_bert_encoder(
     vocab_size: int,
     lowercase: bool,
     frozen: bool,
+    frozen_steps: int,
+    learn_rate_scale: float,
 ) -> "BertEncoderComponent":
     """`checkpoint`: a BERT folder (HF format or written by this package) read at initialize.
     Without one, a WordPiece vocabulary of `vocab_size` pieces is learnt from the training texts
-    and the weights start random. `frozen` keeps the encoder's weights fixed during training."""
+    and the weights start random. `frozen` keeps the encoder's weights fixed during training,
+    `frozen_steps` for that many first updates only (the heads learn before the encoder moves).
+    `learn_rate_scale` multiplies the optimizer's learning rate for the encoder's weights (the
+    heads and token features keep the optimizer's own)."""
     return BertEncoderComponent(
         nlp.vocab,
         model,
@@ -80,6 +88,8 @@ def make_bert_encoder(
         vocab_size=vocab_size,
         lowercase=lowercase,
         frozen=frozen,
+        frozen_steps=frozen_steps,
+        learn_rate_scale=learn_rate_scale,
     )
 
 
@@ -94,11 +104,23 @@ class BertEncoderComponent(Tok2Vec):
         vocab_size: int = 8000,
         lowercase: bool = True,
         frozen: bool = False,
+        frozen_steps: int = 0,
+        learn_rate_scale: float = 1.0,
     ) -> None:
         if vocab_size < MIN_VOCAB_SIZE:
             raise EncoderConfigError(
                 f"[components.{name}] vocab_size = {vocab_size} is too small: the 5 special pieces and a "
                 f"basic alphabet need at least {MIN_VOCAB_SIZE} (the configs use 8000)"
+            )
+        if frozen_steps < 0:
+            raise EncoderConfigError(
+                f"[components.{name}] frozen_steps = {frozen_steps} must be 0 (train from the first "
+                "update) or more"
+            )
+        if learn_rate_scale <= 0:
+            raise EncoderConfigError(
+                f"[components.{name}] learn_rate_scale = {learn_rate_scale} must be above 0 (frozen = true "
+                "keeps the encoder fixed)"
             )
         super().__init__(vocab, model, name)
         self.cfg = {
@@ -106,8 +128,11 @@ class BertEncoderComponent(Tok2Vec):
             "vocab_size": vocab_size,
             "lowercase": lowercase,
             "frozen": frozen,
+            "frozen_steps": frozen_steps,
+            "learn_rate_scale": learn_rate_scale,
             "plugin_version": __version__,
         }
+        self.updates = 0  # update() calls since the component was made: when frozen_steps end
 
     def initialize(
         self,
@@ -155,7 +180,8 @@ class BertEncoderComponent(Tok2Vec):
         sgd: Optional[Optimizer] = None,
         losses: Optional[Dict[str, float]] = None,
     ) -> Dict[str, float]:
-        if not self.cfg["frozen"]:
+        self.updates += 1
+        if not self.is_frozen:
             return super().update(examples, drop=drop, sgd=sgd, losses=losses)
         losses = {} if losses is None else losses
         # spaCy's training loggers read a loss for every trainable component.
@@ -168,8 +194,15 @@ class BertEncoderComponent(Tok2Vec):
         return losses
 
     def finish_update(self, sgd: Optimizer) -> None:
-        if not self.cfg["frozen"]:
-            super().finish_update(sgd)
+        if self.is_frozen:
+            return
+        scale = self.cfg["learn_rate_scale"]
+        super().finish_update(sgd if scale == 1.0 else partial(sgd, lr_scale=scale))
+
+    @property
+    def is_frozen(self) -> bool:
+        """Whether the current update leaves the encoder's weights as they are."""
+        return self.cfg["frozen"] or self.updates <= self.cfg["frozen_steps"]
 
     # The weights and vocabulary are stored as a checkpoint folder in HF format, so a saved
     # pipeline never needs the folder it was initialized from.

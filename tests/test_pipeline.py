@@ -14,7 +14,7 @@ import pytest
 import spacy
 from spacy.tokens import Doc
 from spacy.training import Example
-from thinc.api import ConfigValidationError
+from thinc.api import Adam, ConfigValidationError
 from tiny_bert import REPO_ROOT, alice_paragraphs, bert_nlp, run_python
 
 from spacy_bert_plugin.checkpoint import CheckpointError
@@ -400,3 +400,98 @@ def test_pipe_with_several_processes(tmp_path):
         pytest.fail("nlp.pipe(n_process=2) did not finish in 240 s")
     assert process.returncode == 0, stderr
     assert stdout.strip() == "same vectors"
+
+
+def listening_textcat(hf_checkpoint, **encoder_settings):
+    """bert_encoder (no dropout, so updates are repeatable) and a textcat that listens to it,
+    initialized on Alice paragraphs labelled A and B in turn."""
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    model = {**TINY_MODEL, "dropout": 0.0, "attention_dropout": 0.0}
+    nlp.add_pipe(
+        "bert_encoder", config={"model": model, "checkpoint": str(hf_checkpoint), **encoder_settings}
+    )
+    listener = {"@architectures": "spacy.Tok2VecListener.v1", "width": 32, "upstream": "bert_encoder"}
+    reduce = {f"use_reduce_{name}": name == "mean" for name in ("first", "last", "max", "mean")}
+    textcat = {"@architectures": "spacy.TextCatReduce.v1", "exclusive_classes": True, **reduce}
+    nlp.add_pipe("textcat", config={"model": {**textcat, "tok2vec": listener}})
+    examples = [
+        Example.from_dict(nlp.make_doc(text), {"cats": {"A": float(i % 2 == 0), "B": float(i % 2 == 1)}})
+        for i, text in enumerate(alice_paragraphs())
+    ]
+    nlp.initialize(lambda: examples)
+    return nlp, examples
+
+
+def weights(nlp):
+    encoder = {
+        key: value.clone()
+        for key, value in get_encoder(nlp.get_pipe("bert_encoder").model).state_dict().items()
+    }
+    head = {
+        (node.name, name): node.get_param(name).copy()
+        for node in nlp.get_pipe("textcat").model.walk()
+        for name in node.param_names
+        if node.has_param(name) and "listener" not in node.name
+    }
+    return encoder, head
+
+
+def one_update(nlp, examples, optimizer):
+    """The encoder's and the head's weight changes in one update. spaCy finishes each component's
+    update before the next component runs, so the encoder applies the gradients its listeners
+    sent in the update before."""
+    encoder_before, head_before = weights(nlp)
+    nlp.update(examples, sgd=optimizer)
+    encoder_after, head_after = weights(nlp)
+    encoder = {key: (encoder_after[key] - value).numpy() for key, value in encoder_before.items()}
+    head = {key: head_after[key] - value for key, value in head_before.items()}
+    return encoder, head
+
+
+def moved(steps):
+    return {key for key, step in steps.items() if numpy.abs(step).max() > 0}
+
+
+def test_learn_rate_scale_scales_the_encoder_steps_only(hf_checkpoint):
+    """Adam's step is proportional to its learning rate: the encoder's steps shrink by the scale,
+    the head's stay as they are. Compared in the third update, the encoder's first step: its
+    gradients come from the second (the head's weights start at zero and pass none in the first)."""
+    steps = {}
+    for scale in (1.0, 0.25):
+        nlp, examples = listening_textcat(hf_checkpoint, learn_rate_scale=scale)
+        optimizer = Adam(0.001)
+        for _ in range(3):
+            steps[scale] = one_update(nlp, examples, optimizer)
+    (full_encoder, full_head), (scaled_encoder, scaled_head) = steps[1.0], steps[0.25]
+    assert full_head.keys() == scaled_head.keys()
+    assert ("softmax", "W") in moved(full_head)
+    for key, step in full_head.items():
+        numpy.testing.assert_allclose(scaled_head[key], step, rtol=1e-4, atol=1e-9, err_msg=str(key))
+    assert {"embeddings.word.weight", "layers.0.output_norm.weight"} <= moved(full_encoder)
+    for key, step in full_encoder.items():
+        numpy.testing.assert_allclose(scaled_encoder[key], 0.25 * step, rtol=1e-3, atol=1e-7, err_msg=key)
+
+
+def test_frozen_steps_hold_the_encoder_for_the_first_updates(hf_checkpoint):
+    """Frozen for updates 1 and 2, the encoder gets its first gradients in update 3 and moves in
+    update 4 (unfrozen from the start, it moves in update 3)."""
+    nlp, examples = listening_textcat(hf_checkpoint, frozen_steps=2)
+    optimizer = Adam(0.001)
+    for update in range(1, 5):
+        encoder, head = one_update(nlp, examples, optimizer)
+        assert ("softmax", "W") in moved(head), update
+        assert bool(moved(encoder)) == (update == 4), update
+
+
+@pytest.mark.parametrize(
+    "setting,value,message",
+    [
+        ("frozen_steps", -1, "frozen_steps = -1 must be 0 (train from the first update) or more"),
+        ("learn_rate_scale", 0.0, "learn_rate_scale = 0.0 must be above 0"),
+    ],
+)
+def test_bad_schedule_settings_are_named(setting, value, message):
+    with pytest.raises(EncoderConfigError) as info:
+        spacy.blank("en").add_pipe("bert_encoder", config={setting: value})
+    assert str(info.value).startswith(f"[components.bert_encoder] {message}")

@@ -25,7 +25,9 @@ attention dropout; BERT alone reads the bare listener whatever configs/ner.cfg s
 the main arms again with fine-tuning seeds 1 .. N-1; `--rtd` an arm pretrained with
 replaced-token detection, `--rtd-warm-start F` one pretrained with masked-LM for F of
 `--pretrain-minutes` and then with RTD from that checkpoint; `--case-ablation` the NER pretraining
-in the other case, fine-tuned with and without the features.
+in the other case, fine-tuned with and without the features; `--schedule` the features + window
+arm with other fine-tuning schedules (SCHEDULE_ARMS: a lower learning rate for the encoder than
+for the head, the encoder frozen for the first steps, fewer or more steps).
 
 Every pretraining is the recipe with overrides only for what differs (corpus, steps of the mode,
 case, sequence length, threads; an ablation's one change). Budgets: both BERT arms train for the
@@ -120,6 +122,8 @@ class FineTune:
     batch_words: int = 1000
     tok2vec: Optional[Dict[str, Any]] = None  # the head's tok2vec block; None: LISTENER
     frozen: bool = False
+    frozen_steps: int = 0
+    learn_rate_scale: float = 1.0  # the encoder's learning rate / the head's
     attention_dropout: Optional[float] = None  # None: the config's
     seed: int = 0
 
@@ -148,8 +152,32 @@ FEATURE_ARMS: Dict[str, Tuple[str, Dict[str, Any]]] = {
     "random-features": ("random", {"tok2vec": token_features("sum")}),
     "random-features-window": ("random", {"tok2vec": token_features("sum", depth=1)}),
 }
+# --schedule: the features + window arm (configs/ner.cfg's tok2vec) with one change to its
+# fine-tuning schedule: a lower learning rate for the encoder than for the head and features, the
+# encoder frozen for the first steps, fewer or more steps.
+WINDOW = {"tok2vec": token_features("sum", depth=1)}
+SCHEDULE_ARMS: Dict[str, Tuple[str, Dict[str, Any]]] = {
+    "schedule-encoder-lr0.5": ("pretrained", {**WINDOW, "learn_rate_scale": 0.5}),
+    "schedule-encoder-lr0.25": ("pretrained", {**WINDOW, "learn_rate_scale": 0.25}),
+    "schedule-head-lr2x-encoder-lr0.5": (
+        "pretrained",
+        {**WINDOW, "learning_rate": 1e-3, "learn_rate_scale": 0.5},
+    ),
+    "schedule-frozen-200-steps": ("pretrained", {**WINDOW, "frozen_steps": 200}),
+    "schedule-500-steps": ("pretrained", {**WINDOW, "steps": 500, "warmup_steps": 25}),
+    "schedule-2000-steps": ("pretrained", {**WINDOW, "steps": 2000, "warmup_steps": 100}),
+}
 # --seeds N: the arms trained again with fine-tuning seeds 1 .. N-1 (the pretraining stays).
-SEEDED_ARMS = ("pretrained", "pretrained-features", "pretrained-features-window", "cnn", "bow")
+SEEDED_ARMS = (
+    "pretrained",
+    "random",
+    "pretrained-mlm-rtd",
+    "pretrained-features",
+    "pretrained-features-window",
+    *SCHEDULE_ARMS,
+    "cnn",
+    "bow",
+)
 
 
 @dataclass(frozen=True)
@@ -449,6 +477,8 @@ def bert_config(task: Task, init_bert: Optional[Path], pretraining: Config, fine
         "training.optimizer.learn_rate.total_steps": finetune.steps,
         "training.before_update": {"@callbacks": CALLBACK, "budget_s": None},
         "components.bert_encoder.frozen": finetune.frozen,
+        "components.bert_encoder.frozen_steps": finetune.frozen_steps,
+        "components.bert_encoder.learn_rate_scale": finetune.learn_rate_scale,
         "system.seed": finetune.seed,
     }
     if finetune.learning_rate is not None:
@@ -620,6 +650,7 @@ def plan(
     seeds: int = 1,
     case_ablation: bool = False,
     warm_start: Optional[float] = None,
+    schedule: bool = False,
 ):
     """The jobs in order of priority (BERT arms; the CNN arms of CoNLL-2003 and SST-2; the fine-tuning
     learning-rate sweep; the other spaCy arms; ablations) and where each result will be found.
@@ -628,7 +659,7 @@ def plan(
     FEATURE_ARMS; `seeds`: SEEDED_ARMS again with other fine-tuning seeds; `case_ablation`: the NER
     case ablation alone (with `features`, fine-tuned with and without them); `warm_start`: with
     `minutes`, a BERT arm pretrained with masked-LM for that fraction of the minutes, then with RTD
-    from its checkpoint for the rest."""
+    from its checkpoint for the rest; `schedule`: the SCHEDULE_ARMS."""
     planner = Planner(budget, corpora, run_dir, threads)
     timed = {STEPS: None, "bert_pretraining.max_minutes": minutes} if minutes else {}
     recipes = {
@@ -682,31 +713,29 @@ def plan(
                 layout["pretraining"][label] = str(out)
                 warm_dirs[name] = warm_dirs["imdb" if name == "sst2" else name] = out
 
+    pretrainings = {"pretrained": dirs, "pretrained-rtd": rtd_dirs, "pretrained-mlm-rtd": warm_dirs}
+    variant_arms = {**FEATURE_ARMS, **SCHEDULE_ARMS}
+
     def bert_arm(task: Task, arm: str, base: str, variant: str = "") -> str:
+        """`base`: random, or the name of the pretraining to start from."""
         out = run_dir / f"{task.name}-{arm}{suffix}{variant}"
-        pretrained = dirs[task.name] if base == "pretrained" else None
+        pretrained = pretrainings[base][task.name] if base != "random" else None
         return str(planner.bert(task, out, *recipes[task.name], pretrained))
 
     def bert_arms(task: Task, variant: str = "") -> Dict[str, str]:
         return {arm: bert_arm(task, arm, arm, variant) for arm in ("random", "pretrained")}
 
-    def feature_arm(task: Task, arm: str, seed: int = 0) -> str:
-        base, change = FEATURE_ARMS.get(arm, (arm, {}))
+    def variant_arm(task: Task, arm: str, seed: int = 0) -> str:
+        base, change = variant_arms.get(arm, (arm, {}))
         tuned = replace(task, finetune=replace(task.finetune, **change, seed=seed))
         return bert_arm(tuned, arm, base, f"-seed{seed}" if seed else "")
 
     for name, task in tasks.items():
         layout["tasks"][name] = bert_arms(task)
-        if features:
-            for arm in FEATURE_ARMS:
-                layout["tasks"][name][arm] = feature_arm(task, arm)
-        for arm, rtd_pretrainings in (("pretrained-rtd", rtd_dirs), ("pretrained-mlm-rtd", warm_dirs)):
-            if name in rtd_pretrainings:
-                overrides, corpus = recipes[name]
-                out = run_dir / f"{task.name}-{arm}{suffix}"
-                layout["tasks"][name][arm] = str(
-                    planner.bert(task, out, {**overrides, **RTD_PRETRAINING}, corpus, rtd_pretrainings[name])
-                )
+        chosen = [*(FEATURE_ARMS if features else ()), *(SCHEDULE_ARMS if schedule else ())]
+        chosen += [arm for arm in ("pretrained-rtd", "pretrained-mlm-rtd") if name in pretrainings[arm]]
+        for arm in chosen:
+            layout["tasks"][name][arm] = variant_arm(task, arm)
     # the spaCy arms the goals compare with (CoNLL-2003 and SST-2 CNN), the learning-rate sweep, the others
     spacy_arms = [
         (name, arm)
@@ -737,7 +766,7 @@ def plan(
                     out = run_dir / f"{name}-{arm}{suffix}-seed{seed}"
                     seeded = str(planner.spacy(task, arm, out, bert_outs, seed))
                 else:
-                    seeded = feature_arm(task, arm, seed)
+                    seeded = variant_arm(task, arm, seed)
                 layout["seeds"][name].setdefault(arm, {})[seed] = seeded
     variants = []  # (name, pretraining overrides, corpus, fine-tunes as (name suffix, folder, task))
     if ablate and "sst2" in tasks:
@@ -781,6 +810,12 @@ ARM_NAMES = {
     "pretrained-features-window-no-attention-dropout": "BERT pretrained + features (sum, window), no attention dropout",
     "random-features": "BERT random init + features (sum)",
     "random-features-window": "BERT random init + features (sum, window encoder)",
+    "schedule-encoder-lr0.5": "features + window, encoder lr x 0.5",
+    "schedule-encoder-lr0.25": "features + window, encoder lr x 0.25",
+    "schedule-head-lr2x-encoder-lr0.5": "features + window, lr x 2, encoder lr x 0.5",
+    "schedule-frozen-200-steps": "features + window, encoder frozen for 200 steps",
+    "schedule-500-steps": "features + window, 500 steps",
+    "schedule-2000-steps": "features + window, 2000 steps",
     "cnn": "spaCy CNN",
     "bow": "spaCy BOW",
 }
@@ -985,6 +1020,12 @@ def main() -> None:
         "--features", action="store_true", help="add the BERT arms with spaCy's token features"
     )
     parser.add_argument(
+        "--schedule",
+        action="store_true",
+        help="add the features + window arm with other fine-tuning schedules (encoder learning rate, "
+        "frozen first steps, steps)",
+    )
+    parser.add_argument(
         "--seeds", type=int, default=1, help="fine-tune the main arms with this many seeds (default 1)"
     )
     parser.add_argument(
@@ -1025,6 +1066,7 @@ def main() -> None:
         args.seeds,
         args.case_ablation,
         args.rtd_warm_start,
+        args.schedule,
     )
     done = run_jobs(jobs, args.jobs)
     results = {
@@ -1035,6 +1077,7 @@ def main() -> None:
         + (" --rtd" if args.rtd else "")
         + (f" --rtd-warm-start {args.rtd_warm_start:g}" if args.rtd_warm_start else "")
         + (" --features" if args.features else "")
+        + (" --schedule" if args.schedule else "")
         + (f" --seeds {args.seeds}" if args.seeds > 1 else "")
         + (" --case-ablation" if args.case_ablation else ""),
         "threads_per_run": threads,
