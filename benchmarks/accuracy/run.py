@@ -999,6 +999,11 @@ def main() -> None:
         default=1,
         help="runs at a time; each gets cores/jobs threads (default 1 run with all cores)",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="threads per run (default cores/jobs; e.g. 1 beside another study run)",
+    )
     parser.add_argument("--fresh", action="store_true", help="delete this mode's earlier runs first")
     parser.add_argument("--skip-ablations", action="store_true")
     parser.add_argument(
@@ -1048,7 +1053,7 @@ def main() -> None:
     if args.fresh:
         shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     started = time.perf_counter()
     info = machine()
     tasks, corpora = prepare_tasks(budget)
