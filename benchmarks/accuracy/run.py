@@ -159,6 +159,7 @@ WINDOW = {"tok2vec": token_features("sum", depth=1)}
 SCHEDULE_ARMS: Dict[str, Tuple[str, Dict[str, Any]]] = {
     "schedule-encoder-lr0.5": ("pretrained", {**WINDOW, "learn_rate_scale": 0.5}),
     "schedule-encoder-lr0.25": ("pretrained", {**WINDOW, "learn_rate_scale": 0.25}),
+    "schedule-lr2x": ("pretrained", {**WINDOW, "learning_rate": 1e-3}),
     "schedule-head-lr2x-encoder-lr0.5": (
         "pretrained",
         {**WINDOW, "learning_rate": 1e-3, "learn_rate_scale": 0.5},
@@ -167,6 +168,8 @@ SCHEDULE_ARMS: Dict[str, Tuple[str, Dict[str, Any]]] = {
     "schedule-500-steps": ("pretrained", {**WINDOW, "steps": 500, "warmup_steps": 25}),
     "schedule-2000-steps": ("pretrained", {**WINDOW, "steps": 2000, "warmup_steps": 100}),
 }
+# With --schedule, spaCy's CNN also trains for the CPU time of the longest schedule.
+LONG_SCHEDULE, LONG_CNN = "schedule-2000-steps", "cnn-2000-steps"
 # --seeds N: the arms trained again with fine-tuning seeds 1 .. N-1 (the pretraining stays).
 SEEDED_ARMS = (
     "pretrained",
@@ -176,6 +179,7 @@ SEEDED_ARMS = (
     "pretrained-features-window",
     *SCHEDULE_ARMS,
     "cnn",
+    LONG_CNN,
     "bow",
 )
 
@@ -758,13 +762,28 @@ def plan(
         layout["tasks"][name][arm] = str(
             planner.spacy(tasks[name], arm, run_dir / f"{name}-{arm}{suffix}", bert_outs)
         )
+    # spaCy arms, as (spaCy arm, the BERT runs whose mean CPU time is its budget)
+    spacy_budgets = {
+        name: {
+            arm: (arm, (run_dir / f"{name}-pretrained{suffix}", run_dir / f"{name}-random{suffix}"))
+            for arm in ("cnn", "bow")
+        }
+        for name in tasks
+    }
+    if schedule:
+        for name, task in tasks.items():
+            spacy_budgets[name][LONG_CNN] = ("cnn", (Path(layout["tasks"][name][LONG_SCHEDULE]),))
+            out = run_dir / f"{name}-{LONG_CNN}{suffix}"
+            layout["tasks"][name][LONG_CNN] = str(
+                planner.spacy(task, "cnn", out, spacy_budgets[name][LONG_CNN][1])
+            )
     for name, task in tasks.items():
-        bert_outs = (run_dir / f"{name}-pretrained{suffix}", run_dir / f"{name}-random{suffix}")
         for arm in [arm for arm in SEEDED_ARMS if arm in layout["tasks"][name]]:
             for seed in range(1, seeds):
-                if arm in ("cnn", "bow"):
+                if arm in spacy_budgets[name]:
                     out = run_dir / f"{name}-{arm}{suffix}-seed{seed}"
-                    seeded = str(planner.spacy(task, arm, out, bert_outs, seed))
+                    spacy_arm, budget_runs = spacy_budgets[name][arm]
+                    seeded = str(planner.spacy(task, spacy_arm, out, budget_runs, seed))
                 else:
                     seeded = variant_arm(task, arm, seed)
                 layout["seeds"][name].setdefault(arm, {})[seed] = seeded
@@ -812,11 +831,13 @@ ARM_NAMES = {
     "random-features-window": "BERT random init + features (sum, window encoder)",
     "schedule-encoder-lr0.5": "features + window, encoder lr x 0.5",
     "schedule-encoder-lr0.25": "features + window, encoder lr x 0.25",
+    "schedule-lr2x": "features + window, lr x 2",
     "schedule-head-lr2x-encoder-lr0.5": "features + window, lr x 2, encoder lr x 0.5",
     "schedule-frozen-200-steps": "features + window, encoder frozen for 200 steps",
     "schedule-500-steps": "features + window, 500 steps",
     "schedule-2000-steps": "features + window, 2000 steps",
     "cnn": "spaCy CNN",
+    LONG_CNN: "spaCy CNN, the 2000-step arm's CPU time",
     "bow": "spaCy BOW",
 }
 ROWS = [  # (task, split, metric, label)
