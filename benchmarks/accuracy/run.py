@@ -121,6 +121,7 @@ class FineTune:
     learning_rate: Optional[float] = None
     batch_words: int = 1000
     tok2vec: Optional[Dict[str, Any]] = None  # the head's tok2vec block; None: LISTENER
+    head: Optional[Dict[str, Any]] = None  # the head's model block but its tok2vec; None: the config's
     frozen: bool = False
     frozen_steps: int = 0
     learn_rate_scale: float = 1.0  # the encoder's learning rate / the head's
@@ -152,6 +153,23 @@ FEATURE_ARMS: Dict[str, Tuple[str, Dict[str, Any]]] = {
     "random-features": ("random", {"tok2vec": token_features("sum")}),
     "random-features-window": ("random", {"tok2vec": token_features("sum", depth=1)}),
 }
+# --features, textcat tasks only: spaCy's ensemble of a bag-of-words model and an attention
+# layer over the features (what `spacy init config -p textcat -o accuracy` builds over its CNN).
+ENSEMBLE = {
+    "@architectures": "spacy.TextCatEnsemble.v2",
+    "nO": None,
+    "linear_model": {
+        "@architectures": "spacy.TextCatBOW.v3",
+        "exclusive_classes": True,
+        "ngram_size": 1,
+        "no_output_layer": False,
+        "length": 262144,
+        "nO": None,
+    },
+}
+TEXTCAT_FEATURE_ARMS = {
+    "pretrained-features-bow": ("pretrained", {"tok2vec": token_features("sum"), "head": ENSEMBLE})
+}
 # --schedule: the features + window arm (configs/ner.cfg's tok2vec) with one change to its
 # fine-tuning schedule: a lower learning rate for the encoder than for the head and features, the
 # encoder frozen for the first steps, fewer or more steps.
@@ -177,6 +195,7 @@ SEEDED_ARMS = (
     "pretrained-mlm-rtd",
     "pretrained-features",
     "pretrained-features-window",
+    *TEXTCAT_FEATURE_ARMS,
     *SCHEDULE_ARMS,
     "cnn",
     LONG_CNN,
@@ -492,6 +511,8 @@ def bert_config(task: Task, init_bert: Optional[Path], pretraining: Config, fine
     from spacy import util
 
     config = util.load_config(CONFIGS / name, overrides=overrides, interpolate=False)
+    if finetune.head is not None:
+        config["components"][task.kind]["model"] = dict(finetune.head)
     config["components"][task.kind]["model"]["tok2vec"] = dict(finetune.tok2vec or LISTENER)
     return config
 
@@ -718,7 +739,7 @@ def plan(
                 warm_dirs[name] = warm_dirs["imdb" if name == "sst2" else name] = out
 
     pretrainings = {"pretrained": dirs, "pretrained-rtd": rtd_dirs, "pretrained-mlm-rtd": warm_dirs}
-    variant_arms = {**FEATURE_ARMS, **SCHEDULE_ARMS}
+    variant_arms = {**FEATURE_ARMS, **TEXTCAT_FEATURE_ARMS, **SCHEDULE_ARMS}
 
     def bert_arm(task: Task, arm: str, base: str, variant: str = "") -> str:
         """`base`: random, or the name of the pretraining to start from."""
@@ -737,6 +758,7 @@ def plan(
     for name, task in tasks.items():
         layout["tasks"][name] = bert_arms(task)
         chosen = [*(FEATURE_ARMS if features else ()), *(SCHEDULE_ARMS if schedule else ())]
+        chosen += [*TEXTCAT_FEATURE_ARMS] if features and task.kind == "textcat" else []
         chosen += [arm for arm in ("pretrained-rtd", "pretrained-mlm-rtd") if name in pretrainings[arm]]
         for arm in chosen:
             layout["tasks"][name][arm] = variant_arm(task, arm)
@@ -827,6 +849,7 @@ ARM_NAMES = {
     "pretrained-features-window": "BERT pretrained + features (sum, window encoder)",
     "pretrained-features-frozen": "BERT pretrained, frozen, + features (sum)",
     "pretrained-features-window-no-attention-dropout": "BERT pretrained + features (sum, window), no attention dropout",
+    "pretrained-features-bow": "BERT pretrained + features (sum), ensemble with bag of words",
     "random-features": "BERT random init + features (sum)",
     "random-features-window": "BERT random init + features (sum, window encoder)",
     "schedule-encoder-lr0.5": "features + window, encoder lr x 0.5",
