@@ -21,7 +21,8 @@ IMDB (test accuracy). Arms per task, all from the same data:
 
 Options add arms: `--features` the BERT arms with spaCy's token features under the head
 (FEATURE_ARMS: `BertTokenFeatures.v1` sum / concat / with a window layer / frozen encoder / no
-attention dropout; BERT alone reads the bare listener whatever configs/ner.cfg ships); `--seeds N`
+attention dropout; for textcat also in spaCy's ensemble with a bag of words; BERT alone reads the
+bare listener whatever configs/ner.cfg ships); `--seeds N`
 the main arms again with fine-tuning seeds 1 .. N-1; `--rtd` an arm pretrained with
 replaced-token detection, `--rtd-warm-start F` one pretrained with masked-LM for F of
 `--pretrain-minutes` and then with RTD from that checkpoint; `--case-ablation` the NER pretraining
