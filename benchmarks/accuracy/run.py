@@ -140,19 +140,21 @@ def token_features(combine: str, depth: int = 0) -> Dict[str, Any]:
     }
 
 
+# configs/ner.cfg's tok2vec: the features summed, one window-encoder layer
+WINDOW = {"tok2vec": token_features("sum", depth=1)}
 # --features: fine-tuning variants of the BERT arms, (BERT arm, change to its fine-tune).
 FEATURE_ARMS: Dict[str, Tuple[str, Dict[str, Any]]] = {
     "pretrained-features": ("pretrained", {"tok2vec": token_features("sum")}),
     "pretrained-features-concat": ("pretrained", {"tok2vec": token_features("concat")}),
-    "pretrained-features-window": ("pretrained", {"tok2vec": token_features("sum", depth=1)}),
+    "pretrained-features-window": ("pretrained", WINDOW),
     "pretrained-features-frozen": ("pretrained", {"tok2vec": token_features("sum"), "frozen": True}),
     # attention without dropout runs torch's fused kernel: about half the attention time on a CPU
     "pretrained-features-window-no-attention-dropout": (
         "pretrained",
-        {"tok2vec": token_features("sum", depth=1), "attention_dropout": 0.0},
+        {**WINDOW, "attention_dropout": 0.0},
     ),
     "random-features": ("random", {"tok2vec": token_features("sum")}),
-    "random-features-window": ("random", {"tok2vec": token_features("sum", depth=1)}),
+    "random-features-window": ("random", WINDOW),
 }
 # --features, textcat tasks only: spaCy's ensemble of a bag-of-words model and an attention
 # layer over the features (what `spacy init config -p textcat -o accuracy` builds over its CNN).
@@ -171,10 +173,9 @@ ENSEMBLE = {
 TEXTCAT_FEATURE_ARMS = {
     "pretrained-features-bow": ("pretrained", {"tok2vec": token_features("sum"), "head": ENSEMBLE})
 }
-# --schedule: the features + window arm (configs/ner.cfg's tok2vec) with one change to its
-# fine-tuning schedule: a lower learning rate for the encoder than for the head and features, the
-# encoder frozen for the first steps, fewer or more steps.
-WINDOW = {"tok2vec": token_features("sum", depth=1)}
+# --schedule: the features + window arm with one change to its fine-tuning schedule: a lower
+# learning rate for the encoder than for the head and features, the encoder frozen for the first
+# steps, fewer or more steps.
 SCHEDULE_ARMS: Dict[str, Tuple[str, Dict[str, Any]]] = {
     "schedule-encoder-lr0.5": ("pretrained", {**WINDOW, "learn_rate_scale": 0.5}),
     "schedule-encoder-lr0.25": ("pretrained", {**WINDOW, "learn_rate_scale": 0.25}),
@@ -763,6 +764,14 @@ def plan(
         chosen += [arm for arm in ("pretrained-rtd", "pretrained-mlm-rtd") if name in pretrainings[arm]]
         for arm in chosen:
             layout["tasks"][name][arm] = variant_arm(task, arm)
+    # spaCy arms, as (spaCy arm, the BERT runs whose mean CPU time is its budget)
+    spacy_budgets = {
+        name: {
+            arm: (arm, (run_dir / f"{name}-pretrained{suffix}", run_dir / f"{name}-random{suffix}"))
+            for arm in ("cnn", "bow")
+        }
+        for name in tasks
+    }
     # the spaCy arms the goals compare with (CoNLL-2003 and SST-2 CNN), the learning-rate sweep, the others
     spacy_arms = [
         (name, arm)
@@ -781,18 +790,8 @@ def plan(
                     layout["lr_sweep"].setdefault(sweep_task, {})[f"{lr:g}"] = bert_arms(task, f"-lr{lr:g}")
             continue
         name, arm = item
-        bert_outs = (run_dir / f"{name}-pretrained{suffix}", run_dir / f"{name}-random{suffix}")
-        layout["tasks"][name][arm] = str(
-            planner.spacy(tasks[name], arm, run_dir / f"{name}-{arm}{suffix}", bert_outs)
-        )
-    # spaCy arms, as (spaCy arm, the BERT runs whose mean CPU time is its budget)
-    spacy_budgets = {
-        name: {
-            arm: (arm, (run_dir / f"{name}-pretrained{suffix}", run_dir / f"{name}-random{suffix}"))
-            for arm in ("cnn", "bow")
-        }
-        for name in tasks
-    }
+        out = run_dir / f"{name}-{arm}{suffix}"
+        layout["tasks"][name][arm] = str(planner.spacy(tasks[name], arm, out, spacy_budgets[name][arm][1]))
     if schedule:
         for name, task in tasks.items():
             spacy_budgets[name][LONG_CNN] = ("cnn", (Path(layout["tasks"][name][LONG_SCHEDULE]),))
