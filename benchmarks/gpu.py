@@ -110,7 +110,7 @@ def measure_arm(arm, args: argparse.Namespace, device: str, name: str) -> Dict[s
         arm.step()
     steps = [bench.timed_step(arm) for _ in range(args.steps)]
     rows = statistics.mean(s["rows"] for s in steps)
-    gemms = model_gemms(arm.config, rows, bench.SEQ_LENGTH, rows * bench.MASK_RATE, training=True)
+    gemms = bench.step_gemms(arm.config, rows, arm.spec)
     precision = args.autocast or "fp32"
     result = bench.summarize_steps(steps, matmul_limit(gemms, precision, device), device)
     result.pop("steps")
@@ -372,8 +372,10 @@ def main() -> None:
         )
     gpu_id = 0 if args.device == "cuda" else -1
     register_plugin()
+    recipe = bench.recipe("pretrain.cfg")
     results: Dict[str, Any] = {
         "args": {k: str(v) for k, v in vars(args).items()},
+        "length": recipe["length"],
         "skipped": [],
         "errors": {},
     }
@@ -388,6 +390,7 @@ def main() -> None:
         f"corpus: {len(corpus['train'])} training texts, {len(corpus['infer'])} for inference, from {corpus['source']}"
     )
     spec = dict(
+        recipe,
         size=args.size,
         vocab_size=args.vocab_size,
         batch_tokens=args.batch_tokens,
@@ -437,7 +440,7 @@ def report(results: Dict[str, Any]) -> str:
     m, a = results.get("machine", {}), results["args"]
     lines = [
         f"{m.get('date')}, commit {m.get('commit')}, {m.get('gpu')}, torch {m.get('torch')} (CUDA {m.get('cuda')}), "
-        f"{m.get('cpu_count')} CPUs; BERT-{a['size']}, vocab {a['vocab_size']}, length {bench.SEQ_LENGTH}, "
+        f"{m.get('cpu_count')} CPUs; BERT-{a['size']}, vocab {a['vocab_size']}, length {results['length']}, "
         f"{a['batch_tokens']} pieces/step, autocast {a['autocast']}; text: {results['corpus']['source']}; "
         f"total {results['total_s']:.0f} s",
         "",

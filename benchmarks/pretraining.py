@@ -1,27 +1,31 @@
 """Pretraining benchmark: pieces/s and achieved GFLOP/s of `spacy bert-pretrain` vs a plain
 Hugging Face loop, with the same model shape, text, vocabulary and batch size.
 
-* ours: the trainer `spacy bert-pretrain configs/pretrain.cfg` runs (`pretraining.build_trainer`,
-  stepped with `Trainer.step`), its default objectives (whole-word MLM at 15 % + NSP) and
+* ours: the trainer `spacy bert-pretrain configs/RECIPE` runs (`pretraining.build_trainer`,
+  stepped with `Trainer.step`), the recipe's objectives (pretrain.cfg: whole-word MLM at 15 % +
+  NSP, 128-piece rows; pretrain-cpu.cfg: MLM on 30 % of the pieces, 64-piece rows) and
   length-bucketed batches of `batch_tokens` pieces. A separate check runs `pretrain()` alone and
   reads pieces/s from its log.jsonl (logged every step, warm-up steps dropped).
-* hf: the `run_mlm.py`-style loop: `BertTokenizerFast`, texts grouped into 128-piece blocks,
-  `DataCollatorForLanguageModeling(mlm_probability=0.15)`, `transformers.BertForPreTraining`
-  (MLM + NSP loss; random NSP labels cost the same as real pairs), torch AdamW with the same decay
-  groups, linear warmup, gradient clipping at 1.0, batch_tokens / 128 blocks per step.
+* hf: the `run_mlm.py`-style loop: `BertTokenizerFast`, texts grouped into blocks of the recipe's
+  length, `DataCollatorForLanguageModeling(mlm_probability=the recipe's mask rate)`,
+  `transformers.BertForPreTraining` with NSP in the recipe (random NSP labels cost the same as real
+  pairs), `BertForMaskedLM` without, the recipe's dropout, torch AdamW with the same decay groups,
+  linear warmup, gradient clipping at 1.0, batch_tokens / length blocks per step.
 
 Both train BERT-Mini (4 x 256) from scratch by default on IMDB train reviews, with the vocabulary
-ours learns from them. Pieces are real pieces ([CLS]/[SEP] included, padding not). Per round and
-precision both arms live in one process and take one step each in turn (who goes first
-alternates), so each pair of steps saw the same machine load: the table gives medians over rounds
-and the ratio ours/HF as the median of the paired per-step ratios. Model FLOPs (bert.flops: both
-arms counted alike, the MLM head at the masked positions) over the step time give the achieved
-GFLOP/s; the limit is torch's matrix-product speed at the step's shapes, forward and backward,
-measured in the same process and precision. `--profile` shows where ours' step goes instead.
+ours learns from them; `--recipe pretrain-cpu.cfg --size tiny` is the CPU recipe's step. Pieces
+are real pieces ([CLS]/[SEP] included, padding not). Per round and precision both arms live in one
+process and take one step each in turn (who goes first alternates), so each pair of steps saw the
+same machine load: the table gives medians over rounds and the ratio ours/HF as the median of the
+paired per-step ratios. Model FLOPs (bert.flops: both arms counted alike, the MLM head at the
+masked positions) over the step time give the achieved GFLOP/s; the limit is torch's
+matrix-product speed at the step's shapes, forward and backward, measured in the same process and
+precision. `--profile` shows where ours' step goes instead.
 
     python benchmarks/pretraining.py            # about 6 minutes on a busy 2-core machine
     python benchmarks/pretraining.py --quick    # one round of 4 steps, about 2 minutes
     python benchmarks/pretraining.py --profile  # ours' step by phase and aten op
+    python benchmarks/pretraining.py --recipe pretrain-cpu.cfg --size tiny --precisions fp32
 """
 
 import argparse
@@ -68,15 +72,29 @@ from spacy_bert_plugin.bert.flops import pretraining_flops
 SCRIPT = Path(__file__).resolve()
 WORK_DIR = CACHE_DIR / "pretraining"
 ARMS = ("ours", "hf")
-SEQ_LENGTH = 128
-MASK_RATE = 0.15  # both arms (configs/pretrain.cfg and the collator)
+
+
+def recipe(base: str) -> Dict[str, Any]:
+    """What the HF loop and the limit take from configs/`base`: sequence length, mask rate, NSP,
+    dropout and the batch size."""
+    config = pretraining_config(Path(), {}, base=base)
+    settings, objectives = config["bert_pretraining"], config["bert_pretraining"]["objectives"]
+    model = config["components"]["bert_encoder"]["model"]
+    return {
+        "recipe": base,
+        "length": settings["max_length"],
+        "mask_rate": objectives["mlm"]["mask_rate"],
+        "nsp": bool(objectives.get("nsp")),
+        "dropout": model["dropout"],
+        "attention_dropout": model["attention_dropout"],
+        "recipe_batch_tokens": settings["batch_tokens"],
+    }
 
 
 def ours_config(spec: Dict[str, Any], max_steps: int):
     overrides = {
         "components.bert_encoder.vocab_size": spec["vocab_size"],
         "bert_pretraining.max_steps": max_steps,
-        "bert_pretraining.max_length": SEQ_LENGTH,
         "bert_pretraining.batch_tokens": spec["batch_tokens"],
         "bert_pretraining.log_every": 1,
         "bert_pretraining.threads": spec.get("threads") or None,
@@ -86,12 +104,14 @@ def ours_config(spec: Dict[str, Any], max_steps: int):
         "bert_pretraining.compile": bool(spec.get("compile")),
         **TIMED_RUN,
     }
-    return pretraining_config(Path(spec["corpus"]), overrides, spec.get("shape") or SIZES[spec["size"]])
+    shape = spec.get("shape") or SIZES[spec["size"]]
+    return pretraining_config(Path(spec["corpus"]), overrides, shape, base=spec["recipe"])
 
 
 def prepare(spec: Dict[str, Any]) -> Dict[str, Any]:
     """Build ours' vocabulary and piece cache (the trainer's setup), then HF's blocks: the
-    run_mlm.py preprocessing (tokenize with [CLS] ... [SEP], concatenate, cut into 128-piece blocks)."""
+    run_mlm.py preprocessing (tokenize with [CLS] ... [SEP], concatenate, cut into blocks of the
+    recipe's length)."""
     import numpy
     from transformers import BertTokenizerFast
 
@@ -107,8 +127,9 @@ def prepare(spec: Dict[str, Any]) -> Dict[str, Any]:
     texts = [json.loads(line)["text"] for line in Path(spec["corpus"]).open(encoding="utf8")]
     ids = tokenizer(texts, return_attention_mask=False, return_token_type_ids=False)["input_ids"]
     flat = numpy.fromiter((i for doc in ids for i in doc), dtype=numpy.int32)
-    n_blocks = len(flat) // SEQ_LENGTH
-    numpy.save(work / "hf-blocks.npy", flat[: n_blocks * SEQ_LENGTH].reshape(n_blocks, SEQ_LENGTH))
+    length = spec["length"]
+    n_blocks = len(flat) // length
+    numpy.save(work / "hf-blocks.npy", flat[: n_blocks * length].reshape(n_blocks, length))
     return {
         "vocab": str(work / "vocab" / "vocab.txt"),
         "blocks": str(work / "hf-blocks.npy"),
@@ -122,6 +143,7 @@ class OursArm:
     def __init__(self, spec: Dict[str, Any], gpu_id: int = -1):
         from spacy_bert_plugin.pretraining import build_trainer
 
+        self.spec = spec
         self.tmp = Path(tempfile.mkdtemp(prefix="bench-pretrain-"))
         self.trainer = build_trainer(
             ours_config(spec, 10**6), self.tmp / "out", gpu_id=gpu_id, stdout=io.StringIO(), dry_run=True
@@ -148,25 +170,32 @@ class OursArm:
 
 
 class HFArm:
-    """The run_mlm.py-style loop: collator (dynamic masking) + BertForPreTraining + AdamW."""
+    """The run_mlm.py-style loop: collator (dynamic masking) + BertForPreTraining (BertForMaskedLM
+    without NSP) + AdamW."""
 
     def __init__(self, spec: Dict[str, Any], device: str = "cpu"):
         import numpy
         import torch
         import transformers
 
-        self.torch = torch
+        self.torch, self.spec = torch, spec
         torch.manual_seed(0)
         tokenizer = transformers.BertTokenizerFast(vocab_file=spec["vocab"], do_lower_case=True)
         self.collator = transformers.DataCollatorForLanguageModeling(
-            tokenizer, mlm_probability=MASK_RATE, return_tensors="pt"
+            tokenizer, mlm_probability=spec["mask_rate"], return_tensors="pt"
         )
         shape = spec.get("shape") or SIZES[spec["size"]]
         self.config = BertConfig(
-            vocab_size=len(tokenizer.vocab), pad_token_id=tokenizer.pad_token_id, **shape
+            vocab_size=len(tokenizer.vocab),
+            pad_token_id=tokenizer.pad_token_id,
+            dropout=spec["dropout"],
+            attention_dropout=spec["attention_dropout"],
+            **shape,
         )
         hf_config = transformers.BertConfig(**self.config.to_hf())
-        self.model = transformers.BertForPreTraining(hf_config).to(device).train()
+        self.nsp = spec["nsp"]
+        model_class = transformers.BertForPreTraining if self.nsp else transformers.BertForMaskedLM
+        self.model = model_class(hf_config).to(device).train()
         self.device = next(self.model.parameters()).device
         params = list(self.model.parameters())
         self.optimizer = torch.optim.AdamW(
@@ -181,7 +210,7 @@ class HFArm:
         )
         self.schedule = transformers.get_linear_schedule_with_warmup(self.optimizer, 100, 2000)
         self.blocks = numpy.load(spec["blocks"])
-        self.rows = spec["batch_tokens"] // SEQ_LENGTH
+        self.rows = spec["batch_tokens"] // spec["length"]
         self.order = numpy.random.default_rng(0).permutation(len(self.blocks))
         self.bf16 = spec["precision"] == "bf16"
         self.meter = EncoderMeter(self.model.bert, self.config)
@@ -194,9 +223,10 @@ class HFArm:
         self.n += 1
         batch = self.collator([{"input_ids": self.blocks[i].tolist()} for i in chosen])
         batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
-        nsp_labels = torch.randint(0, 2, (len(chosen),), device=self.device)
+        if self.nsp:
+            batch["next_sentence_label"] = torch.randint(0, 2, (len(chosen),), device=self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            out = self.model(**batch, next_sentence_label=nsp_labels)
+            out = self.model(**batch)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
@@ -205,18 +235,23 @@ class HFArm:
         float(out.loss.detach())  # a logger reads the loss; ours reads its metrics every step
         lengths = self.meter.take()
         n_masked = int((batch["labels"] != -100).sum())
-        flops = pretraining_flops(self.config, lengths, n_masked, len(chosen))
+        flops = pretraining_flops(self.config, lengths, n_masked, len(chosen) if self.nsp else 0)
         return {"tokens": int(batch["attention_mask"].sum()), "flops": flops, "rows": sum(lengths)}
 
     def close(self) -> None:
         pass
 
 
+def step_gemms(config: BertConfig, rows: float, spec: Dict[str, Any]):
+    """The matrix products of a training step over `rows` pieces in the recipe's sequences."""
+    return model_gemms(config, rows, spec["length"], rows * spec["mask_rate"], training=True)
+
+
 def limits(
-    config: BertConfig, rows: float, precisions: Dict[str, str], device: str = "cpu"
+    config: BertConfig, rows: float, spec: Dict[str, Any], precisions: Dict[str, str], device: str = "cpu"
 ) -> Dict[str, float]:
     """GFLOP/s of matrix products at a pretraining step's shapes, per arm's effective precision."""
-    gemms = model_gemms(config, rows, SEQ_LENGTH, rows * MASK_RATE, training=True)
+    gemms = step_gemms(config, rows, spec)
     measured = {p: matmul_limit(gemms, p, device) for p in set(precisions.values())}
     return {arm: measured[p] for arm, p in precisions.items()}
 
@@ -250,7 +285,8 @@ def measure_paired(spec: Dict[str, Any]) -> Dict[str, Any]:
         for name in ARMS if i % 2 == 0 else ARMS[::-1]:
             steps[name].append(timed_step(arms[name]))
     precisions = {"ours": effective_precision(spec["precision"]), "hf": spec["precision"]}
-    limit = limits(arms["ours"].config, statistics.mean(s["rows"] for s in steps["ours"]), precisions)
+    rows = statistics.mean(s["rows"] for s in steps["ours"])
+    limit = limits(arms["ours"].config, rows, spec, precisions)
     for arm in arms.values():
         arm.close()
     result = {**spec, "threads": threads, "peak_mib": memory_mib()["VmHWM"], "precisions": precisions}
@@ -343,7 +379,15 @@ def main() -> None:
     parser.add_argument(
         "--vocab-size", type=int, default=8000, help="WordPiece vocabulary learnt from the corpus"
     )
-    parser.add_argument("--batch-tokens", type=int, default=4096, help="pieces per step (HF: / 128 blocks)")
+    parser.add_argument(
+        "--recipe",
+        default="pretrain.cfg",
+        choices=("pretrain.cfg", "pretrain-cpu.cfg"),
+        help="the config whose objectives, sequence length and dropout both arms use",
+    )
+    parser.add_argument(
+        "--batch-tokens", type=int, help="pieces per step (default the recipe's; HF: / length blocks)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads, 0 for half the cores")
     parser.add_argument("--no-cli-check", action="store_true", help="skip the `pretrain()` + log.jsonl runs")
     parser.add_argument("--quick", action="store_true", help="1 round of 4 steps, no CLI check")
@@ -366,8 +410,11 @@ def main() -> None:
         args.rounds, args.steps, args.warmup, args.no_cli_check = 1, 4, 1, True
     info = machine()
     precisions = args.precisions.split(",")
-    work_dir = WORK_DIR / f"{args.docs}-{args.vocab_size}"
+    recipe_spec = recipe(args.recipe)
+    args.batch_tokens = args.batch_tokens or recipe_spec["recipe_batch_tokens"]
+    work_dir = WORK_DIR / f"{args.docs}-{args.vocab_size}-{recipe_spec['length']}"
     base = dict(
+        recipe_spec,
         size=args.size,
         vocab_size=args.vocab_size,
         batch_tokens=args.batch_tokens,
@@ -447,7 +494,8 @@ def report(runs: List[Dict[str, Any]], cli: List[Dict[str, Any]], precisions: Li
         "ours alone, log.jsonl pieces/s",
     ]
     details = (
-        f"BERT-{args.size}, vocab {args.vocab_size}, length {SEQ_LENGTH}, {args.batch_tokens} pieces/step, "
+        f"{args.recipe}, BERT-{args.size}, vocab {args.vocab_size}, length {runs[0]['length']}, "
+        f"{args.batch_tokens} pieces/step, "
         f"{args.rounds} round(s) x {args.steps} paired steps (after {args.warmup} warm-up)"
     )
     return "\n".join(["", header(info, runs[0]["threads"], details), "", markdown_table(headers, rows)])
