@@ -20,7 +20,8 @@ same machine load: the table gives medians over rounds and the ratio ours/HF as 
 paired per-step ratios. Model FLOPs (bert.flops: both arms counted alike, the MLM head at the
 masked positions) over the step time give the achieved GFLOP/s; the limit is torch's
 matrix-product speed at the step's shapes, forward and backward, measured in the same process and
-precision. `--profile` shows where ours' step goes instead.
+precision. `--compile` adds ours with `compile = true` (torch.compile of the step; it compiles in
+its first warm-up step, whose time the table gives). `--profile` shows where ours' step goes instead.
 
     python benchmarks/pretraining.py            # about 6 minutes on a busy 2-core machine
     python benchmarks/pretraining.py --quick    # one round of 4 steps, about 2 minutes
@@ -71,7 +72,7 @@ from spacy_bert_plugin.bert.flops import pretraining_flops
 
 SCRIPT = Path(__file__).resolve()
 WORK_DIR = CACHE_DIR / "pretraining"
-ARMS = ("ours", "hf")
+COMPILED = "ours + compile"  # --compile: ours with `bert_pretraining.compile = true`
 
 
 def recipe(base: str) -> Dict[str, Any]:
@@ -277,25 +278,33 @@ def summarize_steps(steps: List[Dict[str, Any]], limit: float, device: str = "cp
 
 
 def measure_paired(spec: Dict[str, Any]) -> Dict[str, Any]:
-    """Both arms in one process, one step each in turn (who goes first alternates)."""
+    """The arms in one process, one step each in turn (the order reverses every step). A compiled
+    arm compiles in its warm-up steps (`first_step_s`)."""
     threads = set_threads(spec["threads"])
     arms = {"ours": OursArm(spec), "hf": HFArm(spec)}
+    if spec["compile_arm"]:
+        arms[COMPILED] = OursArm(dict(spec, compile=True))
+    names = list(arms)
     steps: Dict[str, List[Dict[str, Any]]] = {name: [] for name in arms}
     for i in range(spec["warmup"] + spec["steps"]):
-        for name in ARMS if i % 2 == 0 else ARMS[::-1]:
+        for name in names if i % 2 == 0 else names[::-1]:
             steps[name].append(timed_step(arms[name]))
-    precisions = {"ours": effective_precision(spec["precision"]), "hf": spec["precision"]}
+    ours_precision = effective_precision(spec["precision"])
+    precisions = {name: spec["precision"] if name == "hf" else ours_precision for name in arms}
     rows = statistics.mean(s["rows"] for s in steps["ours"])
     limit = limits(arms["ours"].config, rows, spec, precisions)
     for arm in arms.values():
         arm.close()
     result = {**spec, "threads": threads, "peak_mib": memory_mib()["VmHWM"], "precisions": precisions}
+    result["arms"] = {}
     for name in arms:
-        result[name] = summarize_steps(steps[name][spec["warmup"] :], limit[name])
-    result["pair_ratios"] = [
-        (o["tokens"] / o["seconds"]) / (h["tokens"] / h["seconds"])
-        for o, h in zip(result["ours"]["steps"], result["hf"]["steps"])
-    ]
+        measured = summarize_steps(steps[name][spec["warmup"] :], limit[name])
+        measured["first_step_s"] = steps[name][0]["seconds"]
+        measured["hf_ratios"] = [
+            (a["tokens"] / a["seconds"]) / (h["tokens"] / h["seconds"])
+            for a, h in zip(measured["steps"], steps["hf"][spec["warmup"] :])
+        ]
+        result["arms"][name] = measured
     return result
 
 
@@ -389,6 +398,9 @@ def main() -> None:
         "--batch-tokens", type=int, help="pieces per step (default the recipe's; HF: / length blocks)"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads, 0 for half the cores")
+    parser.add_argument(
+        "--compile", action="store_true", help=f"add the arm '{COMPILED}' (torch.compile of the step)"
+    )
     parser.add_argument("--no-cli-check", action="store_true", help="skip the `pretrain()` + log.jsonl runs")
     parser.add_argument("--quick", action="store_true", help="1 round of 4 steps, no CLI check")
     parser.add_argument("--profile", action="store_true", help="profile ours' steps instead")
@@ -421,6 +433,7 @@ def main() -> None:
         warmup=args.warmup,
         steps=args.steps,
         threads=args.threads,
+        compile_arm=args.compile,
         work_dir=str(work_dir),
         corpus=str(write_texts(imdb_texts("train", args.docs), WORK_DIR / f"imdb-train-{args.docs}.jsonl")),
     )
@@ -436,20 +449,19 @@ def main() -> None:
     for round_ in range(args.rounds):
         for precision in precisions if round_ % 2 == 0 else precisions[::-1]:
             r = run_once(SCRIPT, dict(base, task="paired", precision=precision, round=round_))
-            log(
-                f"round {round_} {precision}: ours {r['ours']['tokens_per_s']:,.0f} pieces/s, "
-                f"hf {r['hf']['tokens_per_s']:,.0f} pieces/s, paired ratio {statistics.median(r['pair_ratios']):.2f}"
-            )
+            speeds = ", ".join(f"{name} {a['tokens_per_s']:,.0f}" for name, a in r["arms"].items())
+            log(f"round {round_} {precision}: pieces/s {speeds}")
             runs.append(r)
     cli = []
     if not args.no_cli_check:
         for precision in precisions:
-            cli.append(
-                run_once(
-                    SCRIPT, dict(base, task="cli", precision=precision, steps=max(2, args.steps * 3 // 4))
+            for arm in ["ours", *([COMPILED] if args.compile else [])]:
+                steps = max(2, args.steps * 3 // 4)
+                spec = dict(base, task="cli", precision=precision, steps=steps, compile=arm == COMPILED)
+                cli.append(dict(run_once(SCRIPT, spec), arm=arm))
+                log(
+                    f"bert-pretrain alone, {arm}, {precision}: {cli[-1]['tokens_per_s']:,.0f} pieces/s (log.jsonl)"
                 )
-            )
-            log(f"bert-pretrain alone, {precision}: {cli[-1]['tokens_per_s']:,.0f} pieces/s (log.jsonl)")
     print(report(runs, cli, precisions, args, info))
     if args.json:
         args.json.write_text(json.dumps({"machine": info, "runs": runs, "cli": cli}, indent=2, default=str))
@@ -459,39 +471,38 @@ def report(runs: List[Dict[str, Any]], cli: List[Dict[str, Any]], precisions: Li
     rows = []
     for precision in precisions:
         rs = [r for r in runs if r["precision"] == precision]
-        med = {
-            arm: {
-                k: statistics.median(r[arm][k] for r in rs)
-                for k in ("tokens_per_s", "gflops", "share", "limit_gflops")
+        alone = {c["arm"]: c["tokens_per_s"] for c in cli if c["precision"] == precision}
+        for name in rs[0]["arms"]:
+            med = {
+                k: statistics.median(r["arms"][name][k] for r in rs)
+                for k in ("tokens_per_s", "gflops", "share", "limit_gflops", "first_step_s")
             }
-            for arm in ARMS
-        }
-        ratios = [x for r in rs for x in r["pair_ratios"]]
-        alone = [c["tokens_per_s"] for c in cli if c["precision"] == precision]
-        rows.append(
-            [
-                precision,
-                " / ".join(rs[0]["precisions"][arm] for arm in ARMS),
-                med["ours"]["tokens_per_s"],
-                med["hf"]["tokens_per_s"],
-                f"**{statistics.median(ratios):.2f}x**",
-                f"{min(ratios):.2f}-{max(ratios):.2f}",
-                *(f"{med[arm]['gflops']:.1f} ({percent(med[arm]['share'])})" for arm in ARMS),
-                " / ".join(f"{med[arm]['limit_gflops']:.1f}" for arm in ARMS),
-                f"{alone[0]:,.0f}" if alone else "-",
-            ]
-        )
+            ratios = [x for r in rs for x in r["arms"][name]["hf_ratios"]]
+            rows.append(
+                [
+                    precision,
+                    name,
+                    rs[0]["precisions"][name],
+                    med["tokens_per_s"],
+                    "1.00x" if name == "hf" else f"**{statistics.median(ratios):.2f}x**",
+                    "" if name == "hf" else f"{min(ratios):.2f}-{max(ratios):.2f}",
+                    f"{med['gflops']:.1f} ({percent(med['share'])})",
+                    f"{med['limit_gflops']:.1f}",
+                    f"{med['first_step_s']:.1f}",
+                    f"{alone[name]:,.0f}" if name in alone else "-",
+                ]
+            )
     headers = [
         "precision",
-        "products run in (ours / HF)",
-        "ours pieces/s",
-        "HF pieces/s",
-        "ours/HF (median of paired steps)",
+        "arm",
+        "products run in",
+        "pieces/s",
+        "vs HF (median of paired steps)",
         "range",
-        "ours GFLOP/s (share of limit)",
-        "HF GFLOP/s (share of limit)",
-        "limit GFLOP/CPU-s (ours / HF)",
-        "ours alone, log.jsonl pieces/s",
+        "GFLOP/s (share of limit)",
+        "limit GFLOP/CPU-s",
+        "first step s",
+        "alone, log.jsonl pieces/s",
     ]
     details = (
         f"{args.recipe}, BERT-{args.size}, vocab {args.vocab_size}, length {runs[0]['length']}, "
