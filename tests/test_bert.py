@@ -7,6 +7,8 @@ import pytest
 import torch
 from tiny_bert import bert_nlp
 
+from spacy_bert_plugin.bert import encoder as encoder_module
+from spacy_bert_plugin.bert.dropout import keep_mask
 from spacy_bert_plugin.bert.encoder import attention
 from spacy_bert_plugin.bert.hf import from_hf_state, to_hf_state
 from spacy_bert_plugin.checkpoint import load_checkpoint
@@ -143,6 +145,28 @@ def test_attention_path_with_dropout_matches_sdpa_apart_from_the_mask():
     torch.testing.assert_close(attention(q, k, v, mask, 1e-9), expected, atol=1e-5, rtol=0)
     dropped = attention(q, k, v, mask, 0.5)
     assert dropped.shape == expected.shape and not torch.allclose(dropped, expected)
+
+
+def test_attention_with_dropout_has_the_gradients_of_its_formula_with_the_same_mask(monkeypatch):
+    """softmax(q k^T / sqrt(d), masked) * keep / (1 - p) @ v, by autograd, with the mask drawn
+    from the same seed: values and gradients agree, across several cache blocks."""
+    q, k, v = (torch.randn(3, 2, 200, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    mask = torch.ones(3, 1, 1, 200, dtype=torch.bool)
+    mask[1, ..., 150:] = False
+    d_out = torch.randn(3, 2, 200, 8, dtype=torch.float64)
+    torch.manual_seed(4)
+    keep, keep_scale = keep_mask((6, 200, 200), 0.3)
+    scores = (q @ k.transpose(-1, -2) / 8**0.5).masked_fill(~mask, float("-inf"))
+    expected = (scores.softmax(-1) * keep.view(3, 2, 200, 200) * keep_scale) @ v
+    expected_grads = torch.autograd.grad(expected, (q, k, v), d_out)
+    torch.manual_seed(4)
+    monkeypatch.setattr(encoder_module, "CACHE_BLOCK_BYTES", 200 * 200 * 8 * 2)  # 2 heads a block
+    out = attention(q, k, v, mask, 0.3)
+    grads = torch.autograd.grad(out, (q, k, v), d_out)
+    torch.testing.assert_close(out, expected)
+    for grad, expected_grad in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, expected_grad)
+    assert 0.6 < keep.float().mean() < 0.8
 
 
 def test_attention_weights_over_the_block_size_are_computed_a_few_windows_at_a_time():

@@ -6,8 +6,11 @@ still with bf16 autocast, which makes the matrix products cheaper but not the dr
 (benchmarks/README.md, fine-tuning, "The CPU dropout"). Here four elements share one 64-bit draw,
 16 bits each, which is about 6x cheaper; the drop rate is `p` rounded to a multiple of 1/65536.
 On other devices torch's fused kernels are already fast and are used as they are. The encoder's
-attention uses it too when dropout is on (`encoder.attention`).
+attention draws its mask with `keep_mask` when dropout is on (`encoder.attention`).
 """
+
+import math
+from typing import Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -24,14 +27,21 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
         return x
     if x.device.type != "cpu":
         return F.dropout(x, p, training=True)
+    keep, scale = keep_mask(x.shape, p)
+    # In place: the product is not saved for backward.
+    return (x * keep).mul_(scale)
+
+
+def keep_mask(shape: Sequence[int], p: float) -> Tuple[Tensor, float]:
+    """A CPU bool mask of `shape`, True where an element is kept (with probability 1 - p), and
+    the factor 1 / (1 - p) that keeps the expected sum."""
     dropped_levels = round(p * _LEVELS)
     if dropped_levels == _LEVELS:
-        return x * 0.0
-    words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
-    keep = words.view(torch.int16)[: x.numel()].view(x.shape) >= dropped_levels - _LEVELS // 2
-    del words
-    # In place: the product is not saved for backward, and attention weights are large.
-    return (x * keep).mul_(_LEVELS / (_LEVELS - dropped_levels))
+        return torch.zeros(shape, dtype=torch.bool), 0.0
+    n = math.prod(shape)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+    keep = words.view(torch.int16)[:n].view(shape) >= dropped_levels - _LEVELS // 2
+    return keep, _LEVELS / (_LEVELS - dropped_levels)
 
 
 class Dropout(nn.Module):

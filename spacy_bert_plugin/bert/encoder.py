@@ -4,14 +4,14 @@ Numerics follow Hugging Face `BertModel` (exact GELU, LayerNorm after each resid
 checkpoints load through `bert.hf` and give the same hidden states.
 """
 
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .config import BertConfig
-from .dropout import Dropout, dropout
+from .dropout import Dropout, keep_mask
 
 
 class BertEmbeddings(nn.Module):
@@ -36,22 +36,25 @@ class BertEmbeddings(nn.Module):
 # Attention weights are computed this many bytes at a time on a CPU: glibc serves blocks over
 # 32 MiB (its largest mmap threshold) from fresh pages, which fault in again on every step.
 ATTENTION_BLOCK_BYTES = 16 << 20
+# Within such a block, the weights of this many bytes of heads stay in a core's cache from the
+# scores to the product with the values (measured best of 256 KiB to 4 MiB, benchmarks/README.md).
+CACHE_BLOCK_BYTES = 1 << 20
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], dropout_p: float) -> Tensor:
     """Scaled dot-product attention; `mask` is True where a query may attend.
 
     With dropout on a CPU, torch's `scaled_dot_product_attention` falls back to an unfused path
-    with per-element Bernoulli draws: the same computation with `dropout` is faster, a few
-    windows at a time so that the weights stay within ATTENTION_BLOCK_BYTES."""
+    with per-element Bernoulli draws: `DropoutAttention` computes the same faster, a few windows
+    at a time so that the weights stay within ATTENTION_BLOCK_BYTES."""
     if dropout_p == 0.0 or q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
     batch, heads, length, _ = q.shape
     rows = max(1, ATTENTION_BLOCK_BYTES // (heads * length * k.shape[2] * q.element_size()))
     if rows >= batch:
-        return _attention_with_dropout(q, k, v, mask, dropout_p)
+        return DropoutAttention.apply(q, k, v, mask, dropout_p)
     blocks = [
-        _attention_with_dropout(
+        DropoutAttention.apply(
             q[i : i + rows],
             k[i : i + rows],
             v[i : i + rows],
@@ -63,14 +66,53 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], dropout_p
     return torch.cat(blocks)
 
 
-def _attention_with_dropout(
-    q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], dropout_p: float
-) -> Tensor:
-    weights = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
-    if mask is not None:
-        weights.masked_fill_(~mask, float("-inf"))
-    weights = weights.softmax(dim=-1)  # rebinding frees the scores: softmax keeps only its output
-    return dropout(weights, dropout_p) @ v
+class DropoutAttention(torch.autograd.Function):
+    """Attention with dropout on the weights, a few heads at a time (CACHE_BLOCK_BYTES of
+    weights) so that each block's scores, softmax, mask and product with the values stay in
+    cache; only the weights and the mask are kept for backward."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], dropout_p: float) -> Tensor:
+        batch, heads, length, head_width = q.shape
+        q, k, v = (t.reshape(batch * heads, length, head_width) for t in (q, k, v))
+        if mask is not None:
+            mask = mask.expand(batch, heads, 1, length).reshape(batch * heads, 1, length)
+        keep, keep_scale = keep_mask((batch * heads, length, length), dropout_p)
+        weights = q.new_empty(batch * heads, length, length)
+        out = torch.empty_like(q)
+        scale = head_width**-0.5
+        for rows in _cache_blocks(weights):
+            scores = torch.baddbmm(weights[rows], q[rows], k[rows].transpose(1, 2), beta=0, alpha=scale)
+            if mask is not None:
+                scores.masked_fill_(~mask[rows], float("-inf"))
+            torch.softmax(scores, -1, out=weights[rows])
+            torch.bmm(weights[rows] * keep[rows], v[rows], out=out[rows])
+        ctx.save_for_backward(q, k, v, weights, keep)
+        ctx.scales = scale, keep_scale
+        return out.mul_(keep_scale).view(batch, heads, length, head_width)
+
+    @staticmethod
+    def backward(ctx, d_out: Tensor):
+        q, k, v, weights, keep = ctx.saved_tensors
+        scale, keep_scale = ctx.scales
+        shape = d_out.shape
+        d_out_scaled = d_out.reshape(q.shape) * keep_scale
+        d_q, d_k, d_v = (torch.empty_like(t) for t in (q, k, v))
+        for rows in _cache_blocks(weights):
+            torch.bmm((weights[rows] * keep[rows]).transpose(1, 2), d_out_scaled[rows], out=d_v[rows])
+            d_weights = torch.bmm(d_out_scaled[rows], v[rows].transpose(1, 2)).mul_(keep[rows])
+            d_scores = torch._softmax_backward_data(d_weights, weights[rows], -1, weights.dtype)
+            torch.bmm(d_scores, k[rows], out=d_q[rows])
+            torch.bmm(d_scores.transpose(1, 2), q[rows], out=d_k[rows])
+        d_q.mul_(scale)
+        d_k.mul_(scale)
+        return d_q.view(shape), d_k.view(shape), d_v.view(shape), None, None
+
+
+def _cache_blocks(weights: Tensor) -> List[slice]:
+    """Slices of `weights`' first dimension of about CACHE_BLOCK_BYTES each (at least one row)."""
+    rows = max(1, CACHE_BLOCK_BYTES // (weights[0].numel() * weights.element_size()))
+    return [slice(i, i + rows) for i in range(0, len(weights), rows)]
 
 
 class BertSelfAttention(nn.Module):
