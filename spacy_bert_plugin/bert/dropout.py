@@ -3,7 +3,7 @@
 torch's CPU dropout draws one Bernoulli sample per element, and in a BERT-Mini fine-tuning step
 those draws took 13 % of the time, more than the softmax, GELU and LayerNorm together, and more
 still with bf16 autocast, which makes the matrix products cheaper but not the draws
-(benchmarks/README.md, fine-tuning, "The CPU dropout"). Here four elements share one 64-bit draw,
+(docs/experiments.md, "CPU dropout"). Here four elements share one 64-bit draw,
 16 bits each, which is about 6x cheaper; the drop rate is `p` rounded to a multiple of 1/65536.
 On other devices torch's fused kernels are already fast and are used as they are. The encoder's
 attention draws its mask with `keep_mask` when dropout is on (`encoder.attention`).
