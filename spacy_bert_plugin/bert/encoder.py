@@ -46,8 +46,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], dropout_p
 
     With dropout on a CPU, torch's `scaled_dot_product_attention` falls back to an unfused path
     with per-element Bernoulli draws: `DropoutAttention` computes the same faster, a few windows
-    at a time so that the weights stay within ATTENTION_BLOCK_BYTES."""
-    if dropout_p == 0.0 or q.device.type != "cpu":
+    at a time so that the weights stay within ATTENTION_BLOCK_BYTES. Under torch.compile, which
+    fuses that path itself (and cannot trace the blocks' loop), torch's is used."""
+    if dropout_p == 0.0 or q.device.type != "cpu" or torch.compiler.is_compiling():
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
     batch, heads, length, _ = q.shape
     rows = max(1, ATTENTION_BLOCK_BYTES // (heads * length * k.shape[2] * q.element_size()))

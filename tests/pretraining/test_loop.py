@@ -66,6 +66,29 @@ def test_resume_ends_where_an_uninterrupted_run_ends(alice_corpus, tmp_path):
     )
 
 
+@pytest.mark.slow
+def test_compiled_step_trains_as_the_eager_step(alice_corpus, tmp_path):
+    """`compile = true` gives the eager losses without dropout (whose masks torch.compile draws
+    from its own generator), and trains with it: the encoder's CPU dropout and attention compile."""
+    no_dropout = {
+        "bert_pretraining.max_steps": 4,
+        "components.bert_encoder.model.dropout": 0.0,
+        "components.bert_encoder.model.attention_dropout": 0.0,
+    }
+    losses = {}
+    for compiled in (False, True):
+        settings = {**no_dropout, "bert_pretraining.compile": compiled}
+        pretrain(tiny_config(alice_corpus, tmp_path / "cache", **settings), tmp_path / str(compiled))
+        losses[compiled] = [row["loss"] for row in training_rows(tmp_path / str(compiled))]
+    assert len(losses[True]) == 4
+    numpy.testing.assert_allclose(losses[True], losses[False], rtol=1e-4)
+    settings = {"bert_pretraining.max_steps": 4, "bert_pretraining.compile": True}
+    pretrain(tiny_config(alice_corpus, tmp_path / "cache", **settings), tmp_path / "dropout")
+    rows = training_rows(tmp_path / "dropout")
+    assert len(rows) >= 1 and all(math.isfinite(row["loss"]) for row in rows)
+    assert (tmp_path / "dropout" / "model-last" / "model.safetensors").exists()
+
+
 def test_nan_losses_are_skipped_then_stop_the_run(alice_corpus, tmp_path):
     from spacy.util import registry
 
