@@ -36,6 +36,7 @@ CPU_RECIPE = {
     "bert_pretraining.eval_every": 1000,
     "bert_pretraining.save_every": 1000,
     "bert_pretraining.autocast": "bf16",
+    "bert_pretraining.compile": True,
     "bert_pretraining.objectives.mlm.mask_rate": 0.3,
     "bert_pretraining.objectives.mlm.unit": "piece",
     "bert_pretraining.optimizer.learning_rate": 0.001,

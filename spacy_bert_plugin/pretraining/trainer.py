@@ -6,7 +6,9 @@ A `Trainer` is made by `build.build_trainer` (or `pretrain`); `step()` runs one 
 
 import io
 import math
+import shutil
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -18,7 +20,7 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 
 from ..bert.heads import BertForPretraining
-from ..bert.precision import autocast_dtype, mixed_precision
+from ..bert.precision import autocast_dtype
 from ..checkpoint import save_checkpoint
 from ..pieces import WordPieces
 from .corpus import PieceCorpus
@@ -41,14 +43,18 @@ class PretrainingModel(nn.Module):
     """Encoder, heads and objectives in one module, so that DDP sees one forward pass and the
     optimizer and checkpoints see every trainable parameter."""
 
-    def __init__(self, model: BertForPretraining, objectives: Dict[str, Objective], autocast: Optional[str]):
+    def __init__(
+        self, model: BertForPretraining, objectives: Dict[str, Objective], autocast: Optional[torch.dtype]
+    ):
+        """`autocast`: the dtype of mixed precision (`bert.precision.autocast_dtype`), or None."""
         super().__init__()
         self.model = model
         self.objectives = nn.ModuleDict(objectives)
         self.autocast = autocast
 
     def forward(self, tensors: Dict[str, Tensor], batch: Batch) -> Tuple[Tensor, Metrics]:
-        with mixed_precision(self.autocast, tensors["input_ids"].device):
+        device_type = tensors["input_ids"].device.type
+        with torch.autocast(device_type, dtype=self.autocast, enabled=self.autocast is not None):
             metrics: Metrics = {}
             total = torch.zeros((), dtype=torch.float32, device=tensors["input_ids"].device)
             for objective in self.objectives.values():
@@ -92,7 +98,7 @@ class Trainer:
         model.encoder.pooler.requires_grad_("nsp_head" in trained_heads)
         for objective in settings.objectives.values():
             objective.setup(model, pieces)
-        self.module = PretrainingModel(model, settings.objectives, settings.autocast)
+        self.module = PretrainingModel(model, settings.objectives, autocast_dtype(settings.autocast, device))
         if saved_objectives:
             # Continued pretraining may keep some objectives of the saved run and add others.
             configured = tuple(f"{name}." for name in settings.objectives)
@@ -107,7 +113,7 @@ class Trainer:
         self.module.to(device)
         step_module: nn.Module = self.module
         if settings.compile:
-            step_module = torch.compile(step_module, dynamic=True)
+            step_module = _compiled(step_module, device)
         if dist.world > 1:
             step_module = nn.parallel.DistributedDataParallel(
                 step_module, device_ids=[device.index] if device.type == "cuda" else None
@@ -386,3 +392,20 @@ def to_tensors(batch: Batch, device: torch.device) -> Dict[str, Tensor]:
     if batch.padding_mask is not None:
         tensors["padding_mask"] = torch.from_numpy(batch.padding_mask).to(device, non_blocking=True)
     return tensors
+
+
+def _compiled(module: nn.Module, device: torch.device) -> nn.Module:
+    """`torch.compile` of the step, or the step as it is where torch.compile could not build CPU
+    kernels (it needs a C++ compiler: $CXX, or g++), with a warning."""
+    from torch._inductor import config
+
+    compilers = config.cpp.cxx if isinstance(config.cpp.cxx, (list, tuple)) else (config.cpp.cxx,)
+    if device.type == "cpu" and not any(name and shutil.which(name) for name in compilers):
+        warnings.warn(
+            "compile = true: torch.compile needs a C++ compiler on a CPU ($CXX, or g++) and found none, "
+            "so the step runs uncompiled. Install g++ for its speed, or set [bert_pretraining] "
+            "compile = false to silence this.",
+            stacklevel=2,
+        )
+        return module
+    return torch.compile(module, dynamic=True)

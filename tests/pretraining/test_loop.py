@@ -89,6 +89,16 @@ def test_compiled_step_trains_as_the_eager_step(alice_corpus, tmp_path):
     assert (tmp_path / "dropout" / "model-last" / "model.safetensors").exists()
 
 
+def test_compile_without_a_cpp_compiler_warns_and_runs_uncompiled(alice_corpus, tmp_path, monkeypatch):
+    from spacy_bert_plugin.pretraining import trainer
+
+    monkeypatch.setattr(trainer.shutil, "which", lambda name: None)
+    settings = {"bert_pretraining.max_steps": 2, "bert_pretraining.compile": True}
+    with pytest.warns(UserWarning, match=r"needs a C\+\+ compiler .* runs uncompiled"):
+        pretrain(tiny_config(alice_corpus, tmp_path / "cache", **settings), tmp_path / "out")
+    assert [row["step"] for row in training_rows(tmp_path / "out")] == [1, 2]
+
+
 def test_nan_losses_are_skipped_then_stop_the_run(alice_corpus, tmp_path):
     from spacy.util import registry
 
