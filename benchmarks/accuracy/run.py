@@ -111,12 +111,10 @@ QUICK_PRETRAINING: Overrides = {
     WARMUP: 5,
     "bert_pretraining.compile": False,
 }
-# The replaced-token-detection arm: the recipe with RTD (its defaults) in place of masked-LM,
-# uncompiled: torch.compile recompiles for the generator's other width and heads.
+# The replaced-token-detection arm: the recipe with RTD (its defaults) in place of masked-LM.
 RTD_PRETRAINING: Overrides = {
     "bert_pretraining.objectives.mlm": None,
     "bert_pretraining.objectives.rtd": {"@bert_objectives": "spacy_bert_plugin.RTD.v1"},
-    "bert_pretraining.compile": False,
 }
 
 
