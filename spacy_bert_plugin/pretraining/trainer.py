@@ -98,7 +98,8 @@ class Trainer:
         model.encoder.pooler.requires_grad_("nsp_head" in trained_heads)
         for objective in settings.objectives.values():
             objective.setup(model, pieces)
-        self.module = PretrainingModel(model, settings.objectives, autocast_dtype(settings.autocast, device))
+        autocast = autocast_dtype(settings.autocast, device)
+        self.module = PretrainingModel(model, settings.objectives, autocast)
         if saved_objectives:
             # Continued pretraining may keep some objectives of the saved run and add others.
             configured = tuple(f"{name}." for name in settings.objectives)
@@ -120,9 +121,7 @@ class Trainer:
             )
         self.step_module = step_module
         self.optimizer = _optimizer(self.module, settings)
-        self.scaler = torch.amp.GradScaler(
-            device.type, enabled=autocast_dtype(settings.autocast, device) == torch.float16
-        )
+        self.scaler = torch.amp.GradScaler(device.type, enabled=autocast == torch.float16)
         self.state = {
             "step": 0,
             "tokens": 0,
