@@ -12,7 +12,6 @@ from typing import Optional, Tuple
 
 import numpy
 import torch
-from spacy.util import registry
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -20,7 +19,8 @@ from ..bert.encoder import BertLayer
 from ..bert.heads import BertForPretraining, MaskedLMHead
 from ..pieces import WordPieces
 from .instances import Batch
-from .objectives import Metrics, Objective, Tensors, check_masking, mask_batch, masked_positions
+from .masking import check_masking, mask_batch, masked_positions
+from .objectives import Metrics, Objective, Tensors
 from .settings import SettingsError
 
 
@@ -162,7 +162,6 @@ def sample(logits: Tensor, never: Tensor) -> Tensor:
     return torch.searchsorted(cumulative, threshold).squeeze(1).clamp_(max=logits.shape[-1] - 1)
 
 
-@registry.bert_objectives("spacy_bert_plugin.RTD.v1")
 def make_rtd(
     weight: float = 50.0,
     generator_weight: float = 1.0,
