@@ -4,6 +4,7 @@
 import ast
 import subprocess
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Dict, List, Set
 
@@ -111,3 +112,14 @@ for name in {sorted(MODULES)!r}:
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_registered_once_through_entry_points():
+    """Architectures and objectives come from setup.cfg's entry points only (as spaCy's plugins
+    do), so none is registered twice under different names, and each target exists."""
+    decorated = [name for name, path in MODULES.items() if "@registry." in path.read_text(encoding="utf8")]
+    assert decorated == []
+    groups = ("spacy_architectures", "spacy_bert_objectives", "spacy_factories", "spacy_cli")
+    for entry in (entry for group in groups for entry in entry_points(group=group)):
+        if entry.value.startswith(PACKAGE):
+            assert callable(entry.load()), entry

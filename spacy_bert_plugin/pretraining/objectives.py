@@ -96,7 +96,7 @@ class MaskedLanguageModel(Objective):
 class SegmentPairObjective(Objective):
     """Binary classification of the segment pair from the pooled [CLS] vector."""
 
-    heads = ("nsp_head",)
+    heads = ("pair_head",)
 
     def __init__(self, weight: float):
         super().__init__(weight)
@@ -105,7 +105,7 @@ class SegmentPairObjective(Objective):
         self, model: BertForPretraining, hidden: Tensor, batch: Batch, tensors: Tensors
     ) -> Tuple[Tensor, Metrics]:
         labels = torch.from_numpy(batch.pair_labels).to(hidden.device)
-        logits = model.nsp_head(model.encoder.pool(hidden)).float()
+        logits = model.pair_head(model.encoder.pool(hidden)).float()
         loss = F.cross_entropy(logits, labels)
         accuracy = (logits.argmax(-1) == labels).float().mean()
         return self.weight * loss, {f"{self.name}_loss": loss.detach(), f"{self.name}_accuracy": accuracy}

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..bert.encoder import BertLayer
+from ..bert.encoder import BertLayer, init_weights
 from ..bert.heads import BertForPretraining, MaskedLMHead
 from ..pieces import WordPieces
 from .instances import Batch
@@ -47,7 +47,7 @@ class Generator(nn.Module):
         # The head maps back to the embedding width, where the tied vocabulary projection lives.
         self.head = MaskedLMHead(config, input_width=width)
         for module in (self.project, *self.layers):
-            module.apply(type(model.encoder)._init_weights)
+            module.apply(init_weights)
 
     def forward(self, embedded: Tensor, attention_mask: Optional[Tensor]) -> Tensor:
         x = self.project(embedded)
@@ -95,7 +95,7 @@ class ReplacedTokenDetection(Objective):
         width = model.config.hidden_width
         self.generator = Generator(model, self.width_fraction, self.generator_layers)
         self.head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, 1))
-        self.head.apply(type(model.encoder)._init_weights)
+        self.head.apply(init_weights)
         # Special pieces, and embedding rows past the vocabulary, are never sampled.
         never_sampled = [*pieces.special_ids, *range(pieces.vocab_size, model.config.vocab_size)]
         self.register_buffer("never_sampled", torch.tensor(never_sampled), persistent=False)
