@@ -54,21 +54,22 @@ if hasattr(os, "register_at_fork"):  # POSIX; elsewhere, multiprocessing spawns 
 
 
 def build_bert_encoder_v1(
-    hidden_width: int = 256,
-    num_layers: int = 4,
-    num_heads: int = 4,
-    intermediate_width: int = 1024,
-    max_positions: int = 512,
-    dropout: float = 0.1,
-    attention_dropout: float = 0.1,
-    pooling: str = "mean",
-    window: Optional[int] = None,
-    max_batch_pieces: int = 4096,
-    autocast: Optional[str] = None,
-    quantize: Optional[str] = None,
+    hidden_width: int,
+    num_layers: int,
+    num_heads: int,
+    intermediate_width: int,
+    max_positions: int,
+    dropout: float,
+    attention_dropout: float,
+    pooling: str,
+    window: Optional[int],
+    max_batch_pieces: int,
+    autocast: Optional[str],
+    quantize: Optional[str],
 ) -> Model[List[Doc], List[Floats2d]]:
-    """BERT over WordPiece windows, pieces pooled per token (`mean`, `first` or `last`).
-    `window` is the most pieces per window without [CLS]/[SEP] (default: the positions the
+    """BERT over WordPiece windows, pieces pooled per token (`mean`, `first` or `last`); the
+    defaults are the component's (pipeline.DEFAULT_BERT_MODEL).
+    `window` is the most pieces per window without [CLS]/[SEP] (null: the positions the
     checkpoint was pretrained on, else max_positions, less 2);
     `autocast` = "bf16" or "fp16" runs the encoder in mixed precision;
     `quantize` = "int8" runs its nn.Linear layers in dynamic int8 (CPU inference only)."""
