@@ -87,7 +87,10 @@ FLOORS = ["bert", "layers", "pipeline", "pretraining", "cli"]
 
 def floor(name: str) -> int:
     part = name.split(".")[1] if "." in name else ""
-    # checkpoint.py and pieces.py sit beside layers/: above bert/, below the pipeline.
+    if part == "errors":  # the error family: every floor raises them
+        return -1
+    # checkpoint.py, pieces.py and other top-level modules sit beside layers/: above bert/,
+    # below the pipeline.
     return FLOORS.index(part) if part in FLOORS else 1
 
 
