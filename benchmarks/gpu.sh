@@ -2,21 +2,23 @@
 # GPU benchmark: BERT-base (12 x 768) pretraining in bf16 on one GPU -- pieces/s, achieved TFLOP/s
 # and its share of the matrix-product limit -- plus bert_encoder inference words/s, in under 8 minutes.
 #
-# The GPU machine has no network, so the Python packages it lacks (spaCy and its dependencies) and
-# the text are prepared here and carried there in benchmarks/.cache/gpu (git-ignored):
+# What it needs: a Linux x86-64 machine with one CUDA GPU, and a Python there with a CUDA build of
+# torch (plus tokenizers and safetensors). A GPU machine without network gets the rest (spaCy and
+# its dependencies, as wheels, and the IMDB text) from `prepare`, run beforehand on a machine with
+# PyPI and ../shared/data/imdb; copy the repository with benchmarks/.cache/gpu (git-ignored) there:
 #
-#   bash benchmarks/gpu.sh prepare                 # here, with PyPI and ../shared/data/imdb
-#   bash benchmarks/gpu.sh                         # there; results in $OUT (else benchmarks/results/gpu)
+#   bash benchmarks/gpu.sh prepare                 # with network: wheels + text -> benchmarks/.cache/gpu
+#   bash benchmarks/gpu.sh                         # on the GPU machine; results in $OUT (else benchmarks/results/gpu)
 #   bash benchmarks/gpu.sh --device cpu --tiny     # anywhere: CPU smoke test of every stage
 #
 # Extra arguments go to benchmarks/gpu.py (see its --help), e.g. --skip compile,hf --batch-tokens 65536.
-# Environment: PYTHON (default python3), GPU_PYTHON_VERSION (prepare; default 3.12, the GPU image's),
-# GPU_BENCH_TIMEOUT (seconds for gpu.py, default 450; gpu.py's own budget is --budget-s 420).
+# Environment: PYTHON (default python3), GPU_PYTHON_VERSION (prepare: the GPU machine's Python,
+# default 3.12), GPU_BENCH_TIMEOUT (seconds for gpu.py, default 450; gpu.py's own budget is --budget-s 420).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GPU_CACHE=benchmarks/.cache/gpu
 PY=${PYTHON:-python3}
-# spaCy and what it needs that the GPU image (see the device's KINDS.md package list) does not have.
+# spaCy and its dependencies: what a Python with torch, tokenizers and safetensors lacks.
 PACKAGES=(spacy thinc blis cymem preshed murmurhash srsly wasabi catalogue confection weasel cloudpathlib
           smart-open spacy-legacy spacy-loggers pydantic pydantic-core typing-inspection annotated-types)
 
@@ -53,10 +55,7 @@ except m.PackageNotFoundError: pass" "$name")
         echo "note: $imdb not found; gpu.py will fall back to the repo's own text (small)"
     fi
     du -sh "$GPU_CACHE"/*
-    cat <<EOF
-prepared $GPU_CACHE. On the GPU machine (device tool), for example:
-  run(command="bash benchmarks/gpu.sh", carry=["$GPU_CACHE"], timeout_s=540)
-EOF
+    echo "prepared $GPU_CACHE: copy the repository with it to the GPU machine and run bash benchmarks/gpu.sh there"
 }
 
 run() {
