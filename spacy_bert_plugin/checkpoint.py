@@ -23,15 +23,12 @@ from .bert.config import BertConfig
 from .bert.encoder import BertEncoder
 from .bert.heads import BertForPretraining
 from .bert.hf import from_hf_state, key_pairs, to_hf_state
+from .errors import CheckpointError
 from .pieces import WordPieces
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
 PICKLE_FILE = "pytorch_model.bin"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder that cannot be used; the message names the file and the problem."""
 
 
 # model_type values of models that are not BERT, named as their authors write them.

@@ -21,8 +21,9 @@ from thinc.api import Model, Optimizer
 from thinc.types import Floats2d
 
 from . import __version__
-from .checkpoint import CheckpointError, load_encoder, save_checkpoint
-from .layers import EncoderConfigError, dropout_rates, get_encoder, new_random_encoder, set_encoder
+from .checkpoint import load_encoder, save_checkpoint
+from .errors import COMPONENT, CheckpointError, EncoderConfigError
+from .layers import dropout_rates, get_encoder, new_random_encoder, set_encoder
 from .pieces import WordPieces
 
 DEFAULT_BERT_MODEL = """
@@ -44,6 +45,8 @@ quantize = null
 """
 DEFAULT_MODEL_CONFIG = util.load_config_from_str(DEFAULT_BERT_MODEL)["model"]
 
+# The component's checkpoint folder within its folder of a saved pipeline.
+MODEL_FOLDER = "model"
 # Docs read from the training data to learn a WordPiece vocabulary when no checkpoint is given.
 MAX_VOCAB_TRAINING_DOCS = 100_000
 # The 5 special pieces and a basic alphabet (letters, digits, punctuation, their ## forms).
@@ -51,7 +54,7 @@ MIN_VOCAB_SIZE = 100
 
 
 @Language.factory(
-    "bert_encoder",
+    COMPONENT,
     assigns=["doc.tensor"],
     default_config={
         "model": DEFAULT_MODEL_CONFIG,
@@ -98,7 +101,7 @@ class BertEncoderComponent(Tok2Vec):
         self,
         vocab: Vocab,
         model: Model,
-        name: str = "bert_encoder",
+        name: str = COMPONENT,
         *,
         checkpoint: Optional[str] = None,
         vocab_size: int = 8000,
@@ -204,14 +207,15 @@ class BertEncoderComponent(Tok2Vec):
         """Whether the current update leaves the encoder's weights as they are."""
         return self.cfg["frozen"] or self.updates <= self.cfg["frozen_steps"]
 
-    # The weights and vocabulary are stored as a checkpoint folder in HF format, so a saved
-    # pipeline never needs the folder it was initialized from.
+    # The weights and vocabulary are stored as a checkpoint folder in HF format (see
+    # `saved_model_folder`), so a saved pipeline never needs the folder it was initialized from.
 
     def to_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> None:
+        encoder = get_encoder(self.model)  # before anything is written: no half-saved folder
         serialize = {
             "cfg": lambda p: srsly.write_json(p, self.cfg),
             "vocab": lambda p: self.vocab.to_disk(p, exclude=exclude),
-            "model": lambda p: save_checkpoint(p, get_encoder(self.model), self.model.attrs["pieces"]),
+            MODEL_FOLDER: lambda p: save_checkpoint(p, encoder, self.model.attrs["pieces"]),
         }
         util.to_disk(path, serialize, exclude)
 
@@ -222,7 +226,7 @@ class BertEncoderComponent(Tok2Vec):
         deserialize = {
             "cfg": lambda p: self._load_cfg(srsly.read_json(p), p),
             "vocab": lambda p: self.vocab.from_disk(p, exclude=exclude),
-            "model": self._load_model,
+            MODEL_FOLDER: self._load_model,
         }
         util.from_disk(path, deserialize, exclude)
         return self
@@ -252,6 +256,11 @@ class BertEncoderComponent(Tok2Vec):
 
     def _load_model(self, path: Path) -> None:
         set_encoder(self.model, *load_encoder(path, **dropout_rates(self.model)))
+
+
+def saved_model_folder(pipeline: Union[str, Path], name: str = COMPONENT) -> Path:
+    """The checkpoint folder of the component `name` in a saved pipeline folder."""
+    return Path(pipeline) / name / MODEL_FOLDER
 
 
 def _read_tree(root: Path) -> Dict[str, bytes]:

@@ -29,17 +29,11 @@ from ..bert.config import BertConfig
 from ..bert.encoder import BertEncoder as TorchBertEncoder
 from ..bert.pooling import POOLING_MODES, WordEncoder
 from ..bert.precision import autocast_dtype
+from ..errors import MODEL_SECTION, EncoderConfigError
 from ..pieces import WordPieces
 from .windows import PieceBatch, docs_to_batch
 
 QUANTIZE_MODES = (None, "int8")
-# Where these settings live in a training config (the section is named after the factory, as
-# in spaCy's own config errors).
-MODEL_SECTION = "[components.bert_encoder.model]"
-
-
-class EncoderConfigError(ValueError):
-    """A bert_encoder that cannot work as configured; the message names the setting and the fix."""
 
 
 def _one_torch_thread_after_fork() -> None:
@@ -129,7 +123,7 @@ def BertEncoder(
 def set_encoder(model: Model, encoder: TorchBertEncoder, pieces: WordPieces) -> None:
     """Install a PyTorch encoder and its vocabulary (at initialize, or when loading)."""
     if encoder.config.vocab_size < pieces.vocab_size:
-        raise ValueError(
+        raise EncoderConfigError(
             f"the vocabulary has {pieces.vocab_size} pieces but the encoder only {encoder.config.vocab_size} embeddings"
         )
     autocast, quantize = model.attrs["autocast"], model.attrs["quantize"]
@@ -158,7 +152,7 @@ def get_encoder(model: Model) -> TorchBertEncoder:
     """The float32 encoder: the one to save, also when the forward pass runs a quantized copy."""
     encoder = model.attrs["encoder"]
     if encoder is None:
-        raise ValueError("the BERT encoder has no weights yet: call nlp.initialize() first")
+        raise EncoderConfigError("the BERT encoder has no weights yet: call nlp.initialize() first")
     return encoder
 
 

@@ -14,6 +14,7 @@ from thinc.api import Config
 
 from ..bert.heads import BertForPretraining
 from ..checkpoint import load_checkpoint, recover_interrupted_save
+from ..errors import COMPONENT
 from ..layers import dropout_rates
 from ..pieces import WordPieces
 from .corpus import PieceCorpus, prepare_corpora
@@ -22,7 +23,6 @@ from .runtime import Distributed, PretrainingError, check_output_dir, select_dev
 from .settings import PretrainingSettings, read_settings
 from .trainer import STATE_FILE, Trainer, load_saved_objectives
 
-FACTORY = "bert_encoder"
 # Settings a resumed run may change; any other difference from the saved run is refused.
 RESUMABLE_CHANGES = (
     "bert_pretraining.max_steps",
@@ -222,6 +222,6 @@ def _check_resumable(
 
 def _find_component(nlp: Language):
     for name in nlp.pipe_names:
-        if nlp.get_pipe_meta(name).factory == FACTORY:
+        if nlp.get_pipe_meta(name).factory == COMPONENT:
             return nlp.get_pipe(name)
-    raise PretrainingError(f"the config's pipeline has no {FACTORY} component; add one under [components]")
+    raise PretrainingError(f"the config's pipeline has no {COMPONENT} component; add one under [components]")

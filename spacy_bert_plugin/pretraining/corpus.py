@@ -29,6 +29,7 @@ import tokenizers
 from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 
+from ..errors import CorpusError
 from ..pieces import WordPieces
 from .runtime import is_disk_full
 from .settings import PretrainingSettings, cache_root
@@ -52,10 +53,6 @@ MAX_DOC_CHARS = 2**62
 
 # One doc as the tokenizer split it: its sentences, each a list of words.
 WordDoc = List[List[str]]
-
-
-class CorpusError(ValueError):
-    """A raw-text corpus that cannot be read; the message names the file and line."""
 
 
 @dataclass

@@ -15,6 +15,8 @@ from pydantic import (
 from spacy.util import registry
 from thinc.api import Config
 
+from ..errors import SettingsError
+
 
 class OptimizerSettings(BaseModel):
     """AdamW with linear warmup, then decay to zero when the budget (`max_steps` or
@@ -65,10 +67,6 @@ class PretrainingSettings(BaseModel):
 
 # spaCy's console table, as `spacy train` prints it, with a progress bar between evaluations.
 DEFAULT_LOGGER = {"@loggers": "spacy.ConsoleLogger.v3", "progress_bar": "eval", "console_output": True}
-
-
-class SettingsError(ValueError):
-    """A `[bert_pretraining]` section that does not validate; the message names the keys."""
 
 
 def read_settings(config: Config) -> PretrainingSettings:
