@@ -21,19 +21,20 @@ from thinc.api import Model, Optimizer
 from thinc.types import Floats2d
 
 from . import __version__
-from .checkpoint import load_encoder, save_checkpoint
+from .checkpoint import load_encoder, read_checkpoint, save_checkpoint
 from .errors import COMPONENT, CheckpointError, EncoderConfigError
-from .layers import dropout_rates, get_encoder, new_random_encoder, set_encoder
+from .layers import check_checkpoint_sizes, dropout_rates, get_encoder, new_random_encoder, set_encoder
 from .pieces import WordPieces
 
 DEFAULT_BERT_MODEL = """
 [model]
 @architectures = "spacy_bert_plugin.BertEncoder.v1"
-hidden_width = 256
-num_layers = 4
-num_heads = 4
-intermediate_width = 1024
-max_positions = 512
+# Sizes: null takes the checkpoint's (without one: 256, 4, 4, 1024, 512); a size set must be the checkpoint's.
+hidden_width = null
+num_layers = null
+num_heads = null
+intermediate_width = null
+max_positions = null
 dropout = 0.1
 attention_dropout = 0.1
 pooling = "mean"
@@ -148,7 +149,9 @@ class BertEncoderComponent(Tok2Vec):
         vocabulary from the examples' texts and start from random weights."""
         checkpoint = checkpoint if checkpoint is not None else self.cfg["checkpoint"]
         if checkpoint is not None:
-            encoder, pieces = load_encoder(checkpoint, **dropout_rates(self.model))
+            read = read_checkpoint(checkpoint, **dropout_rates(self.model))
+            check_checkpoint_sizes(self.model, read.config, str(checkpoint))
+            encoder, pieces = read.encoder(), read.pieces
         else:
             validate_get_examples(get_examples, "BertEncoderComponent.initialize")
             texts = (eg.reference.text for eg in islice(get_examples(), MAX_VOCAB_TRAINING_DOCS))

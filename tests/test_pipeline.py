@@ -256,7 +256,7 @@ def test_tokens_without_pieces_get_zero_vectors(nlp, hf_checkpoint):
 
 def test_listener_width_mismatch_is_actionable(hf_checkpoint):
     nlp = spacy.blank("en")
-    nlp.add_pipe("bert_encoder", config={"checkpoint": str(hf_checkpoint)})  # model says 256
+    nlp.add_pipe("bert_encoder", config={"checkpoint": str(hf_checkpoint)})  # hidden_width null
     listener = {"@architectures": "spacy.Tok2VecListener.v1", "width": 256, "upstream": "bert_encoder"}
     nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": listener}})
     doc = nlp.make_doc("Alice ran")
@@ -334,16 +334,34 @@ def test_initialize_leaves_the_configured_settings_alone(hf_checkpoint):
     """The architecture's BertConfig stays as configured: a checkpoint's sizes or a learnt
     vocabulary go into the encoder's own config, so initializing again starts from the settings."""
     nlp = spacy.blank("en")
-    nlp.add_pipe("bert_encoder", config={"vocab_size": 300, "model": TINY_MODEL})
+    model = {**TINY_MODEL, "num_layers": None, "num_heads": None}  # null: the checkpoint's
+    nlp.add_pipe("bert_encoder", config={"vocab_size": 300, "model": model})
     component = nlp.get_pipe("bert_encoder")
     configured = component.model.attrs["bert_config"]
     component.initialize(checkpoint=hf_checkpoint)
     assert get_encoder(component.model).config.num_layers == 2  # the checkpoint's
     component.initialize(lambda: alice_examples(nlp))
     encoder = get_encoder(component.model)
-    assert encoder.config.num_layers == 1 and encoder.config.vocab_size <= 300
+    assert encoder.config.num_layers == 4 and encoder.config.vocab_size <= 300  # BertConfig's default
     assert component.model.attrs["bert_config"] is configured
-    assert (configured.num_layers, configured.vocab_size) == (1, 30522)
+    assert (configured.num_layers, configured.vocab_size) == (4, 30522)
+
+
+def test_sizes_that_differ_from_the_checkpoint_are_named(hf_checkpoint):
+    """A size set in the model config is never dropped silently: each one that differs from the
+    checkpoint's is named (TINY_MODEL: 1 layer and 2 heads, the checkpoint 2 and 4)."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("bert_encoder", config={"checkpoint": str(hf_checkpoint), "model": TINY_MODEL})
+    with pytest.raises(EncoderConfigError) as info:
+        nlp.initialize()
+    message = str(info.value)
+    assert message.startswith(
+        "[components.bert_encoder.model] num_layers = 1, num_heads = 2, but the checkpoint"
+    )
+    assert message.endswith(
+        "has num_layers = 2, num_heads = 4: set these to the checkpoint's, or null (take the checkpoint's)"
+    )
+    assert "hidden_width" not in message and "\n" not in message
 
 
 def test_non_bert_checkpoint_is_refused_at_initialize(hf_checkpoint, tmp_path):
@@ -407,7 +425,7 @@ def listening_textcat(hf_checkpoint, **encoder_settings):
     initialized on Alice paragraphs labelled A and B in turn."""
     spacy.util.fix_random_seed(0)
     nlp = spacy.blank("en")
-    model = {**TINY_MODEL, "dropout": 0.0, "attention_dropout": 0.0}
+    model = {"@architectures": TINY_MODEL["@architectures"], "dropout": 0.0, "attention_dropout": 0.0}
     nlp.add_pipe(
         "bert_encoder", config={"model": model, "checkpoint": str(hf_checkpoint), **encoder_settings}
     )

@@ -1,6 +1,7 @@
 from .bert_encoder import (
     BertEncoder,
     EncoderConfigError,
+    check_checkpoint_sizes,
     dropout_rates,
     get_encoder,
     new_random_encoder,
@@ -10,6 +11,7 @@ from .bert_encoder import (
 __all__ = [
     "BertEncoder",
     "EncoderConfigError",
+    "check_checkpoint_sizes",
     "dropout_rates",
     "get_encoder",
     "new_random_encoder",

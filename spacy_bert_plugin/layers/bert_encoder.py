@@ -48,11 +48,11 @@ if hasattr(os, "register_at_fork"):  # POSIX; elsewhere, multiprocessing spawns 
 
 
 def BertEncoder(
-    hidden_width: int = 256,
-    num_layers: int = 4,
-    num_heads: int = 4,
-    intermediate_width: int = 1024,
-    max_positions: int = 512,
+    hidden_width: Optional[int] = None,
+    num_layers: Optional[int] = None,
+    num_heads: Optional[int] = None,
+    intermediate_width: Optional[int] = None,
+    max_positions: Optional[int] = None,
     dropout: float = 0.1,
     attention_dropout: float = 0.1,
     pooling: str = "mean",
@@ -62,6 +62,8 @@ def BertEncoder(
     quantize: Optional[str] = None,
 ) -> Model[List[Doc], List[Floats2d]]:
     """BERT over WordPiece windows, pieces pooled per token (`mean`, `first` or `last`).
+    The sizes (`hidden_width` ... `max_positions`): None takes the checkpoint's, or without one
+    BertConfig's defaults; with a checkpoint, a size set must be the checkpoint's.
     `window` is the most pieces per window without [CLS]/[SEP] (default: the positions the
     checkpoint was pretrained on, else max_positions, less 2);
     `autocast` = "bf16" or "fp16" runs the encoder in mixed precision;
@@ -86,18 +88,21 @@ def BertEncoder(
             f"{MODEL_SECTION} max_batch_pieces = {max_batch_pieces} must be at least 1 (the most pieces "
             "encoded in one chunk; the configs use 4096)"
         )
-    if max_positions < 3:
+    if max_positions is not None and max_positions < 3:
         raise EncoderConfigError(
             f"{MODEL_SECTION} max_positions = {max_positions} leaves no room for a piece between [CLS] "
             "and [SEP]: set at least 3"
         )
+    sizes = {
+        "hidden_width": hidden_width,
+        "num_layers": num_layers,
+        "num_heads": num_heads,
+        "intermediate_width": intermediate_width,
+        "max_positions": max_positions,
+    }
     try:
         config = BertConfig(
-            hidden_width=hidden_width,
-            num_layers=num_layers,
-            num_heads=num_heads,
-            intermediate_width=intermediate_width,
-            max_positions=max_positions,
+            **{key: size for key, size in sizes.items() if size is not None},
             dropout=dropout,
             attention_dropout=attention_dropout,
         )
@@ -109,6 +114,7 @@ def BertEncoder(
         dims={"nO": hidden_width},
         attrs={
             "bert_config": config,  # as configured; the encoder's own: get_encoder(model).config
+            "sizes": sizes,  # as configured, None: the checkpoint's
             "encoder": None,  # the float32 encoder (set at initialize or load), the one saved
             "pieces": None,
             "pooling": pooling,
@@ -177,6 +183,22 @@ def dropout_rates(model: Model) -> Dict[str, float]:
     """The configured dropout rates, which a checkpoint's encoder is given in place of its own."""
     config = model.attrs["bert_config"]
     return {"dropout": config.dropout, "attention_dropout": config.attention_dropout}
+
+
+def check_checkpoint_sizes(model: Model, checkpoint_config: BertConfig, checkpoint: str) -> None:
+    """That each size the model config sets is the checkpoint's: one would otherwise be dropped."""
+    differ = {
+        key: size
+        for key, size in model.attrs["sizes"].items()
+        if size is not None and size != getattr(checkpoint_config, key)
+    }
+    if differ:
+        settings = ", ".join(f"{key} = {size}" for key, size in differ.items())
+        theirs = ", ".join(f"{key} = {getattr(checkpoint_config, key)}" for key in differ)
+        raise EncoderConfigError(
+            f"{MODEL_SECTION} {settings}, but the checkpoint {checkpoint} has {theirs}: set "
+            f"{'these' if len(differ) > 1 else 'it'} to the checkpoint's, or null (take the checkpoint's)"
+        )
 
 
 def new_random_encoder(model: Model, pieces: WordPieces) -> TorchBertEncoder:

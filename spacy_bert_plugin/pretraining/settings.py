@@ -105,6 +105,13 @@ def read_settings(config: Config) -> PretrainingSettings:
         raise SettingsError(
             f"at most one segment-pair objective (NSP or SOP) can be used, the config has {len(pairings)}"
         )
+    # [CLS] A [SEP] (B [SEP]) with two pieces at least: one in each segment, or two in A.
+    shortest = 5 if pairings else 4
+    if settings.max_length < shortest:
+        raise SettingsError(
+            f"[bert_pretraining] max_length = {settings.max_length} leaves no room for text: at least "
+            f"{shortest} ([CLS], [SEP]{', [SEP]' if pairings else ''} and two pieces; the configs use 128)"
+        )
     return settings
 
 
