@@ -513,3 +513,24 @@ def test_bad_schedule_settings_are_named(setting, value, message):
     with pytest.raises(EncoderConfigError) as info:
         spacy.blank("en").add_pipe("bert_encoder", config={setting: value})
     assert str(info.value).startswith(f"[components.bert_encoder] {message}")
+
+
+def test_replace_listeners_is_refused_at_the_call_and_changes_nothing(hf_checkpoint, tmp_path):
+    """A replaced listener once saved fine and failed at spacy.load ("mismatched structure")."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("bert_encoder", config={"checkpoint": str(hf_checkpoint)})
+    listener = {"@architectures": "spacy.Tok2VecListener.v1", "width": 32, "upstream": "bert_encoder"}
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": listener}})
+    doc = nlp.make_doc("Alice ran")
+    doc[0].tag_, doc[1].tag_ = "NNP", "VBD"
+    nlp.initialize(lambda: [Example(nlp.make_doc("Alice ran"), doc)])
+    with pytest.raises(
+        EncoderConfigError, match=r"^nlp.replace_listeners\(\) is not supported for a bert_encoder"
+    ):
+        nlp.replace_listeners("bert_encoder", "tagger", ["model.tok2vec"])
+    assert (
+        nlp.config["components"]["tagger"]["model"]["tok2vec"]["@architectures"] == "spacy.Tok2VecListener.v1"
+    )
+    nlp.to_disk(tmp_path / "pipeline")
+    loaded = spacy.load(tmp_path / "pipeline")
+    assert_same_vectors(vectors(nlp), vectors(loaded))

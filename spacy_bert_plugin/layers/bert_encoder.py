@@ -29,7 +29,7 @@ from ..bert.config import BertConfig
 from ..bert.encoder import BertEncoder as TorchBertEncoder
 from ..bert.pooling import POOLING_MODES, WordEncoder
 from ..bert.precision import autocast_dtype
-from ..errors import MODEL_SECTION, EncoderConfigError
+from ..errors import COMPONENT, MODEL_SECTION, EncoderConfigError
 from ..pieces import WordPieces
 from .windows import PieceBatch, docs_to_batch
 
@@ -122,7 +122,19 @@ def BertEncoder(
             "max_batch_pieces": max_batch_pieces,
             "autocast": autocast,
             "quantize": quantize,
+            # nlp.replace_listeners() asks this before it changes anything.
+            "replace_listener_cfg": refuse_replace_listeners,
         },
+    )
+
+
+def refuse_replace_listeners(encoder_config: Dict, listener_config: Dict) -> Dict:
+    """A copy of the encoder inside another component could not be loaded again: its weights
+    are made at initialize (or read with the component), not by the copy's own config."""
+    raise EncoderConfigError(
+        f"nlp.replace_listeners() is not supported for a {COMPONENT}: a copy of its encoder inside "
+        "another component could not be loaded again; keep the listeners (frozen = true keeps the "
+        "encoder fixed), or give that component a bert_encoder of its own"
     )
 
 
