@@ -1,6 +1,6 @@
 from .bert_encoder import (
-    BertEncoder,
     EncoderConfigError,
+    build_bert_encoder_v1,
     check_checkpoint_sizes,
     dropout_rates,
     get_encoder,
@@ -9,8 +9,8 @@ from .bert_encoder import (
 )
 
 __all__ = [
-    "BertEncoder",
     "EncoderConfigError",
+    "build_bert_encoder_v1",
     "check_checkpoint_sizes",
     "dropout_rates",
     "get_encoder",
