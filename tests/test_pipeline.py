@@ -190,6 +190,15 @@ def test_uninitialized_component_says_so():
         nlp("Alice")
 
 
+def test_to_disk_before_initialize_writes_nothing(tmp_path):
+    """It once wrote cfg and vocab, then failed: a half-saved folder."""
+    nlp = spacy.blank("en")
+    component = nlp.add_pipe("bert_encoder")
+    with pytest.raises(EncoderConfigError, match=r"no weights yet: call nlp.initialize\(\) first"):
+        component.to_disk(tmp_path / "bert_encoder")
+    assert not (tmp_path / "bert_encoder").exists()
+
+
 def test_initialize_checkpoint_overrides_factory_setting(nlp, hf_checkpoint, hf_checkpoint_bin):
     config = spacy.util.load_config_from_str(CONFIG.format(factory_checkpoint=f'"{hf_checkpoint_bin}"'))
     from_factory = spacy.util.load_model_from_config(config, auto_fill=True)
