@@ -12,7 +12,7 @@ from wasabi import msg
 
 from ..errors import COMPONENT, MODEL_SECTION
 
-# NAME -> the packaged file (spacy_bert_plugin/configs/, copies of the repository's configs/).
+# NAME -> the packaged file (spacy_bert_plugin/configs/: in a checkout, a link to configs/).
 CONFIGS = {
     "pretrain": "pretrain.cfg",
     "ner": "ner.cfg",
