@@ -371,6 +371,11 @@ def test_sizes_that_differ_from_the_checkpoint_are_named(hf_checkpoint):
         "has num_layers = 2, num_heads = 4: set these to the checkpoint's, or null (take the checkpoint's)"
     )
     assert "hidden_width" not in message and "\n" not in message
+    # Listeners take their width from hidden_width: the fix is the checkpoint's, not null.
+    wide = spacy.blank("en")
+    wide.add_pipe("bert_encoder", config={"checkpoint": str(hf_checkpoint), "model": {**TINY_MODEL, "hidden_width": 64}})
+    with pytest.raises(EncoderConfigError, match=r"hidden_width = 64, num_layers = 1, .* to the checkpoint's$"):
+        wide.initialize()
 
 
 def test_non_bert_checkpoint_is_refused_at_initialize(hf_checkpoint, tmp_path):

@@ -207,9 +207,11 @@ def check_checkpoint_sizes(model: Model, checkpoint_config: BertConfig, checkpoi
     if differ:
         settings = ", ".join(f"{key} = {size}" for key, size in differ.items())
         theirs = ", ".join(f"{key} = {getattr(checkpoint_config, key)}" for key in differ)
+        # hidden_width stays set where listeners take their width from it (${...hidden_width}).
+        null = "" if "hidden_width" in differ else ", or null (take the checkpoint's)"
         raise EncoderConfigError(
             f"{MODEL_SECTION} {settings}, but the checkpoint {checkpoint} has {theirs}: set "
-            f"{'these' if len(differ) > 1 else 'it'} to the checkpoint's, or null (take the checkpoint's)"
+            f"{'these' if len(differ) > 1 else 'it'} to the checkpoint's{null}"
         )
 
 
