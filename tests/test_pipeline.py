@@ -373,8 +373,11 @@ def test_sizes_that_differ_from_the_checkpoint_are_named(hf_checkpoint):
     assert "hidden_width" not in message and "\n" not in message
     # Listeners take their width from hidden_width: the fix is the checkpoint's, not null.
     wide = spacy.blank("en")
-    wide.add_pipe("bert_encoder", config={"checkpoint": str(hf_checkpoint), "model": {**TINY_MODEL, "hidden_width": 64}})
-    with pytest.raises(EncoderConfigError, match=r"hidden_width = 64, num_layers = 1, .* to the checkpoint's$"):
+    wide_model = {**TINY_MODEL, "hidden_width": 64}
+    wide.add_pipe("bert_encoder", config={"checkpoint": str(hf_checkpoint), "model": wide_model})
+    with pytest.raises(
+        EncoderConfigError, match=r"hidden_width = 64, num_layers = 1, .* to the checkpoint's$"
+    ):
         wide.initialize()
 
 
