@@ -135,7 +135,7 @@ def read_checkpoint(
     # Every size in config.json is checked against the weights' shapes on the meta device (no
     # memory) before a tensor is read or a model made: a wrong size cannot allocate gigabytes.
     weights_path, hf_state = read_weights(folder, shapes_only=True)
-    _check_weights(folder, config, weights_path, hf_state)
+    _check_weights(folder, config, weights_path, {key: value.to("meta") for key, value in hf_state.items()})
     if any(value.is_meta for value in hf_state.values()):
         hf_state = read_weights(folder)[1]
     state, _, _ = from_hf_state(hf_state, config.num_layers)

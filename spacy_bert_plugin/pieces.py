@@ -17,12 +17,12 @@ PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]
 # Words longer than this become [UNK], as in BERT.
 MAX_CHARS_PER_WORD = 100
-# Runs of characters that could make a word longer than MAX_CHARS_PER_WORD: whatever the normalizer
-# does, BERT's pre-tokenization ends a word at ASCII whitespace and the Unicode space separators (Zs).
 # The most a vocab.txt or a JSON settings file may hold: far above real ones (a 250,000-piece
 # vocabulary is about 3 MB), and a bound on what a wrong or hostile file makes us read.
 MAX_VOCAB_BYTES = 64 * 2**20
 MAX_JSON_BYTES = 2**20
+# Runs of characters that could make a word longer than MAX_CHARS_PER_WORD: whatever the normalizer
+# does, BERT's pre-tokenization ends a word at ASCII whitespace and the Unicode space separators (Zs).
 _LONG_RUN = re.compile(f"[^ \t\n\r\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]{{{MAX_CHARS_PER_WORD + 1},}}")
 
 

@@ -78,7 +78,7 @@ def build_trainer(
         model, pieces, saved_objectives = _pretrained_model(interpolated, component)
     max_positions = (model.config if model else component.model.attrs["bert_config"]).max_positions
     if settings.max_length > max_positions:
-        where = "the checkpoint's" if model else f"{MODEL_SECTION}"
+        where = "the checkpoint's" if model else MODEL_SECTION
         raise PretrainingError(
             f"[bert_pretraining] max_length = {settings.max_length} exceeds {where} max_positions = "
             f"{max_positions}: lower max_length"
