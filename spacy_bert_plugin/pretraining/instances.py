@@ -52,12 +52,7 @@ def make_instances(
     """All instances of one pass over the corpus, as an (n, 5) int64 array."""
     if pairing not in PAIRINGS:
         raise ValueError(f"unknown pairing {pairing!r}; choose one of {PAIRINGS}")
-    if pairing == "next" and corpus.n_docs == 1:
-        raise CorpusError(
-            "NSP needs at least two documents (a random next segment comes from another one), and a "
-            "corpus here (training or held-out) has one: separate documents by blank lines (.txt) or "
-            "put one per line (.jsonl), set [bert_pretraining] heldout_docs to 0 or at least 2, or use SOP"
-        )
+    check_pairing(corpus, pairing, "a corpus")
     budget = max_length - (3 if pairing else 2)
     sent = numpy.asarray(corpus.sentence_offsets)
     docs = numpy.asarray(corpus.doc_offsets)
@@ -94,6 +89,17 @@ def make_instances(
             instances.append((a[0], a[1], b[0], b[1], label))
             i = j
     return numpy.asarray(instances, dtype=numpy.int64).reshape(-1, 5)
+
+
+def check_pairing(corpus: PieceCorpus, pairing: Optional[str], which: str) -> None:
+    """That `corpus` can give `pairing`'s pairs: NSP draws a random next segment from another
+    document, so a corpus of one document would label continuations "random"."""
+    if pairing == "next" and corpus.n_docs == 1:
+        raise CorpusError(
+            f"NSP needs at least two documents (a random next segment comes from another one), and "
+            f"{which} has one: separate documents by blank lines (.txt) or put one per line (.jsonl), "
+            "set [bert_pretraining] heldout_docs to 0 or at least 2, or use SOP"
+        )
 
 
 def _middle_word_start(corpus: PieceCorpus, start: int, end: int) -> int:

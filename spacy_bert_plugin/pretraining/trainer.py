@@ -24,7 +24,7 @@ from ..bert.precision import autocast_dtype
 from ..checkpoint import save_checkpoint
 from ..pieces import WordPieces
 from .corpus import PieceCorpus
-from .instances import Batch, build_batch, iterate_batches
+from .instances import Batch, build_batch, check_pairing, iterate_batches
 from .log import TrainingLog
 from .objectives import Metrics, Objective
 from .runtime import Distributed, PretrainingError, is_disk_full
@@ -91,6 +91,8 @@ class Trainer:
         self.device, self.dist = device, dist
         self.log: Optional[TrainingLog] = None  # set by build_trainer
         self.pairing = next((obj.pairing for obj in settings.objectives.values() if obj.pairing), None)
+        check_pairing(train_corpus, self.pairing, "the training corpus")
+        check_pairing(heldout_corpus, self.pairing, "the held-out corpus")
         # Heads no objective trains get no gradient (and DDP must not wait for one).
         trained_heads = {head for obj in settings.objectives.values() for head in obj.heads}
         for head in ("mlm_head", "pair_head"):

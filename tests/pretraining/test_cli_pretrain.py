@@ -253,3 +253,16 @@ def test_max_length_beyond_the_positions_is_refused_before_the_corpus_is_read(ca
         "[bert_pretraining] max_length = 100 exceeds [components.bert_encoder.model] max_positions = 64: "
         "lower max_length"
     )
+
+
+def test_nsp_on_a_one_document_corpus_fails_the_dry_run(cache, tmp_path):
+    """A .txt without blank lines is one document: no "random next" segment can be drawn."""
+    corpus = tmp_path / "one.txt"
+    corpus.write_text(ALICE.read_text(encoding="utf8").replace("\n\n", "\n"), encoding="utf8")
+    overrides = cli_overrides(corpus, cache, **{"bert_pretraining.heldout_docs": 0})
+    code, output, escaped = run_cli(PRETRAIN_CFG, tmp_path / "out", *overrides, "--dry-run")
+    assert escaped is None and code == 1, output
+    assert failure_message(output).startswith(
+        "NSP needs at least two documents (a random next segment comes from another one), and the "
+        "training corpus has one:"
+    )
