@@ -29,7 +29,7 @@ from .pieces import WordPieces
 DEFAULT_BERT_MODEL = """
 [model]
 @architectures = "spacy_bert_plugin.BertEncoder.v1"
-# Sizes: null takes the checkpoint's (without one: 256, 4, 4, 1024, 512); a size set must be the checkpoint's.
+# Sizes: null takes the checkpoint's (without one, the layer's RANDOM_MODEL_SIZES); a size set must be it.
 hidden_width = null
 num_layers = null
 num_heads = null

@@ -79,7 +79,7 @@ def test_missing_config(folder):
     [
         ("truncated", "not valid JSON"),
         ("[1, 2]", "JSON object"),
-        ('{"hidden_size": 32}', "lacks the key 'vocab_size'"),
+        ('{"hidden_size": 32}', "lacks the key 'num_hidden_layers'"),
         ("invalid-size", "invalid literal"),
         ("bad-heads", "num_attention_heads = 5 does not divide hidden_size = 32"),
         ("bad-activation", "hidden_act"),

@@ -22,11 +22,15 @@ HF_CONFIG_KEYS = {
 
 @dataclass
 class BertConfig:
+    """The model's shape has no default here: the configs hold it (and the bert_encoder
+    component's default config). The other defaults are Hugging Face's, for a config.json without
+    the key; `vocab_size` is set from the vocabulary once it is known."""
+
+    hidden_width: int
+    num_layers: int
+    num_heads: int
+    intermediate_width: int
     vocab_size: int = 30522
-    hidden_width: int = 256
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_width: int = 1024
     max_positions: int = 512
     type_vocab_size: int = 2
     dropout: float = 0.1
@@ -60,7 +64,13 @@ class BertConfig:
                 values[field.name] = (
                     float(hf_config[hf_key]) if field.type is float else int(hf_config[hf_key])
                 )
-            elif field.name in ("vocab_size", "hidden_width", "num_layers", "num_heads"):
+            elif field.name in (
+                "vocab_size",
+                "hidden_width",
+                "num_layers",
+                "num_heads",
+                "intermediate_width",
+            ):
                 raise KeyError(hf_key)
         defaults = {field.name: field.default for field in fields(cls)}
         problem = config_problem({**defaults, **values}, HF_CONFIG_KEYS.__getitem__)

@@ -75,7 +75,15 @@ def bert_init_config_cli(
     textcat, textcat_multilabel) with a bert_encoder that its components listen to."""
     if name not in CONFIGS:
         msg.fail(f"No config named {name!r}: choose one of {', '.join(CONFIGS)}", exits=1)
-    text = config_text(name, cpu=cpu)
+    try:
+        text = config_text(name, cpu=cpu)
+    except OSError as err:
+        msg.fail(
+            f"Cannot read the packaged config {err.filename} ({err.strerror}): in a git checkout, "
+            "spacy_bert_plugin/configs is a link to configs/ (git config core.symlinks true, then check "
+            "out again); or install a built wheel",
+            exits=1,
+        )
     if str(output_file) == "-":
         sys.stdout.write(text)
         return

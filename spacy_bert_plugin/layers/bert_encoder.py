@@ -34,6 +34,15 @@ from ..pieces import WordPieces
 from .windows import PieceBatch, docs_to_batch
 
 QUANTIZE_MODES = (None, "int8")
+# The sizes of a random model (BERT-Mini) where the model config leaves them null; with a
+# checkpoint, null takes the checkpoint's.
+RANDOM_MODEL_SIZES = {
+    "hidden_width": 256,
+    "num_layers": 4,
+    "num_heads": 4,
+    "intermediate_width": 1024,
+    "max_positions": 512,
+}
 
 
 def _one_torch_thread_after_fork() -> None:
@@ -48,23 +57,24 @@ if hasattr(os, "register_at_fork"):  # POSIX; elsewhere, multiprocessing spawns 
 
 
 def build_bert_encoder_v1(
-    hidden_width: Optional[int] = None,
-    num_layers: Optional[int] = None,
-    num_heads: Optional[int] = None,
-    intermediate_width: Optional[int] = None,
-    max_positions: Optional[int] = None,
-    dropout: float = 0.1,
-    attention_dropout: float = 0.1,
-    pooling: str = "mean",
-    window: Optional[int] = None,
-    max_batch_pieces: int = 4096,
-    autocast: Optional[str] = None,
-    quantize: Optional[str] = None,
+    hidden_width: Optional[int],
+    num_layers: Optional[int],
+    num_heads: Optional[int],
+    intermediate_width: Optional[int],
+    max_positions: Optional[int],
+    dropout: float,
+    attention_dropout: float,
+    pooling: str,
+    window: Optional[int],
+    max_batch_pieces: int,
+    autocast: Optional[str],
+    quantize: Optional[str],
 ) -> Model[List[Doc], List[Floats2d]]:
-    """BERT over WordPiece windows, pieces pooled per token (`mean`, `first` or `last`).
-    The sizes (`hidden_width` ... `max_positions`): None takes the checkpoint's, or without one
-    BertConfig's defaults; with a checkpoint, a size set must be the checkpoint's.
-    `window` is the most pieces per window without [CLS]/[SEP] (default: the positions the
+    """BERT over WordPiece windows, pieces pooled per token (`mean`, `first` or `last`); the
+    defaults are the component's (pipeline.DEFAULT_BERT_MODEL).
+    The sizes (`hidden_width` ... `max_positions`): null takes the checkpoint's, or without one
+    RANDOM_MODEL_SIZES; with a checkpoint, a size set must be the checkpoint's.
+    `window` is the most pieces per window without [CLS]/[SEP] (null: the positions the
     checkpoint was pretrained on, else max_positions, less 2);
     `autocast` = "bf16" or "fp16" runs the encoder in mixed precision;
     `quantize` = "int8" runs its nn.Linear layers in dynamic int8 (CPU inference only)."""
@@ -102,7 +112,7 @@ def build_bert_encoder_v1(
     }
     try:
         config = BertConfig(
-            **{key: size for key, size in sizes.items() if size is not None},
+            **{**RANDOM_MODEL_SIZES, **{key: size for key, size in sizes.items() if size is not None}},
             dropout=dropout,
             attention_dropout=attention_dropout,
         )

@@ -21,7 +21,7 @@ from .corpus import PieceCorpus, prepare_corpora
 from .log import TrainingLog
 from .runtime import Distributed, PretrainingError, check_output_dir, select_device, set_threads
 from .settings import PretrainingSettings, read_settings
-from .trainer import STATE_FILE, Trainer, load_saved_objectives
+from .trainer import STATE_FILE, Trainer, load_saved_objectives, training_module
 
 # Settings a resumed run may change; any other difference from the saved run is refused.
 RESUMABLE_CHANGES = (
@@ -93,27 +93,35 @@ def build_trainer(
     if model.config.trained_positions is not None:  # None: a checkpoint trained on all its positions
         trained = max(model.config.trained_positions, settings.max_length)
         model.config = model.encoder.config = replace(model.config, trained_positions=trained)
-    trainer = Trainer(
-        model, pieces, settings, train_corpus, heldout_corpus, output_dir, device, dist,
-        saved_state, saved_objectives,
-    )  # fmt: skip
+    module = training_module(model, pieces, settings, device, saved_objectives)
     active = dist.is_main and not dry_run
     if active:
-        check_output_dir(output_dir, _save_bytes(trainer))
-    trainer.log = TrainingLog(
+        check_output_dir(output_dir, _save_bytes(module))
+    log = TrainingLog(
         output_dir,
-        trainer.state["step"],
-        active,
-        stdout,
-        settings.logger if active else None,
-        nlp,
-        component.name,
-        [key for objective in settings.objectives.values() for key in objective.score_keys],
-        settings.max_steps,
-        settings.eval_every,
+        resumed_step=saved_state["step"] if saved_state else 0,
+        active=active,
+        stdout=stdout,
+        logger=settings.logger if active else None,
+        nlp=nlp,
+        component=component.name,
+        score_keys=[key for objective in settings.objectives.values() for key in objective.score_keys],
+        max_steps=settings.max_steps,
+        eval_every=settings.eval_every,
     )
-    trainer.state["run_config"] = run_config
-    return trainer
+    return Trainer(
+        module=module,
+        pieces=pieces,
+        settings=settings,
+        train_corpus=train_corpus,
+        heldout_corpus=heldout_corpus,
+        output_dir=output_dir,
+        device=device,
+        dist=dist,
+        log=log,
+        saved_state=saved_state,
+        run_config=run_config,
+    )
 
 
 def _saved_state(
@@ -182,11 +190,11 @@ def _corpora(
     return prepared or prepare(io.StringIO())
 
 
-def _save_bytes(trainer: Trainer) -> int:
+def _save_bytes(module: torch.nn.Module) -> int:
     """What the saves of a run hold on disk at their fullest: model-last (weights, the objectives'
     modules and AdamW's two moments), model-best (weights and modules), and a second model-last
     while a save is swapped in."""
-    params = sum(p.numel() for p in trainer.module.parameters())
+    params = sum(p.numel() for p in module.parameters())
     weights = params * 4
     return (weights + 2 * weights) * 2 + weights
 

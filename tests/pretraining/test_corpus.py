@@ -24,11 +24,13 @@ from spacy_bert_plugin.pretraining.corpus import (
     read_texts,
     tokenized_docs,
 )
-from spacy_bert_plugin.pretraining.settings import PretrainingSettings
+from spacy_bert_plugin.pretraining.settings import PretrainingSettings, default_section
 
 
 def corpus_settings(cache, **values) -> PretrainingSettings:
-    return PretrainingSettings(max_steps=1, objectives={}, cache_dir=str(cache), **values)
+    return PretrainingSettings(
+        **{**default_section(), "max_steps": 1, "objectives": {}, "cache_dir": str(cache), **values}
+    )
 
 
 def alice_paragraphs():
