@@ -28,8 +28,10 @@ from spacy_bert_plugin.pretraining.settings import PretrainingSettings, default_
 
 
 def corpus_settings(cache, **values) -> PretrainingSettings:
+    """Settings caching in `cache` (None: the default folder)."""
+    cache_dir = None if cache is None else str(cache)
     return PretrainingSettings(
-        **{**default_section(), "max_steps": 1, "objectives": {}, "cache_dir": str(cache), **values}
+        **{**default_section(), "max_steps": 1, "objectives": {}, "cache_dir": cache_dir, **values}
     )
 
 
@@ -394,7 +396,7 @@ def test_read_only_cache_folder_is_named_in_one_line(tmp_path, nlp, pieces, monk
         settings, folder, which = corpus_settings(READ_ONLY), READ_ONLY, ""
     else:  # cache_dir null: under a read-only HOME
         monkeypatch.setenv("HOME", str(READ_ONLY / "home"))
-        settings = PretrainingSettings(max_steps=1, objectives={})
+        settings = corpus_settings(None)
         folder, which = (
             READ_ONLY / "home" / ".cache" / "spacy-bert-plugin",
             " (the default, as cache_dir is null)",
