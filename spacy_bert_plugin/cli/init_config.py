@@ -10,6 +10,8 @@ from spacy.cli._util import Arg, Opt, app
 from thinc.api import Config
 from wasabi import msg
 
+from ..errors import COMPONENT, MODEL_SECTION
+
 # NAME -> the packaged file (spacy_bert_plugin/configs/: in a checkout, a link to configs/).
 CONFIGS = {
     "pretrain": "pretrain.cfg",
@@ -18,7 +20,6 @@ CONFIGS = {
     "textcat_multilabel": "textcat_multilabel.cfg",
 }
 CPU_PRETRAIN = "pretrain-cpu.cfg"
-ENCODER_SECTION = "components.bert_encoder.model"
 # What the CPU recipe changes in a fine-tuning config: the encoder's shape (its dropout is
 # pretraining's, the fine-tuning configs keep theirs).
 SHAPE_KEYS = ("hidden_width", "num_layers", "num_heads", "intermediate_width")
@@ -40,13 +41,13 @@ def config_text(name: str, cpu: bool = False) -> str:
     if not cpu:
         return text
     recipe = Config().from_str(packaged_config(CPU_PRETRAIN), interpolate=False)
-    encoder = recipe["components"]["bert_encoder"]["model"]
+    encoder = recipe["components"][COMPONENT]["model"]
     return with_encoder_shape(text, {key: encoder[key] for key in SHAPE_KEYS})
 
 
 def with_encoder_shape(text: str, shape: Dict[str, int]) -> str:
     """`text` with new values for the keys of [components.bert_encoder.model], comments kept."""
-    header = f"[{ENCODER_SECTION}]\n"
+    header = f"{MODEL_SECTION}\n"
     start = text.index(header) + len(header)
     end = text.find("\n[", start)
     end = len(text) if end == -1 else end
@@ -54,7 +55,7 @@ def with_encoder_shape(text: str, shape: Dict[str, int]) -> str:
     for key, value in shape.items():
         section, count = re.subn(rf"^{key} = .*$", f"{key} = {value}", section, flags=re.MULTILINE)
         if count != 1:
-            raise ValueError(f"[{ENCODER_SECTION}] has {count} lines setting {key}, expected one")
+            raise ValueError(f"{MODEL_SECTION} has {count} lines setting {key}, expected one")
     return text[:start] + section + text[end:]
 
 

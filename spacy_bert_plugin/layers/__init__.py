@@ -1,6 +1,7 @@
 from .bert_encoder import (
     EncoderConfigError,
     build_bert_encoder_v1,
+    check_checkpoint_sizes,
     dropout_rates,
     get_encoder,
     new_random_encoder,
@@ -10,6 +11,7 @@ from .bert_encoder import (
 __all__ = [
     "EncoderConfigError",
     "build_bert_encoder_v1",
+    "check_checkpoint_sizes",
     "dropout_rates",
     "get_encoder",
     "new_random_encoder",

@@ -17,6 +17,8 @@ from pydantic import (
 from spacy.util import registry
 from thinc.api import Config
 
+from ..errors import SettingsError
+
 # `@bert_objectives` functions: the built-in ones (objectives.py, rtd.py) and other packages' come
 # through the `spacy_bert_objectives` entry-point group, loaded when a config names them. Created
 # as spaCy creates its own registries: thinc's `registry.create` would read `thinc_bert_objectives`.
@@ -70,10 +72,6 @@ class PretrainingSettings(BaseModel):
     logger: Optional[Any]
 
 
-class SettingsError(ValueError):
-    """A `[bert_pretraining]` section that does not validate; the message names the keys."""
-
-
 def default_section() -> Dict[str, Any]:
     """configs/pretrain.cfg's `[bert_pretraining]` section, its objectives left out (a config
     names its own)."""
@@ -118,6 +116,13 @@ def read_settings(config: Config) -> PretrainingSettings:
     if len(pairings) > 1:
         raise SettingsError(
             f"at most one segment-pair objective (NSP or SOP) can be used, the config has {len(pairings)}"
+        )
+    # [CLS] A [SEP] (B [SEP]) with two pieces at least: one in each segment, or two in A.
+    shortest = 5 if pairings else 4
+    if settings.max_length < shortest:
+        raise SettingsError(
+            f"[bert_pretraining] max_length = {settings.max_length} leaves no room for text: at least "
+            f"{shortest} ([CLS], [SEP]{', [SEP]' if pairings else ''} and two pieces; the configs use 128)"
         )
     return settings
 

@@ -26,7 +26,7 @@ from ..checkpoint import save_checkpoint
 from ..pieces import WordPieces
 from .budget import Budget
 from .corpus import PieceCorpus
-from .instances import Batch, build_batch, iterate_batches
+from .instances import Batch, build_batch, check_pairing, iterate_batches
 from .log import TrainingLog
 from .objectives import Metrics, Objective
 from .runtime import Distributed, PretrainingError, is_disk_full
@@ -128,6 +128,8 @@ class Trainer:
         self.last_dir, self.best_dir = output_dir / "model-last", output_dir / "model-best"
         self.device, self.dist = device, dist
         self.pairing = next((obj.pairing for obj in settings.objectives.values() if obj.pairing), None)
+        check_pairing(train_corpus, self.pairing, "the training corpus")
+        check_pairing(heldout_corpus, self.pairing, "the held-out corpus")
         step_module: nn.Module = module
         if settings.compile:
             step_module = _compiled(step_module, device)

@@ -229,3 +229,31 @@ def test_mlflow_logger_records_the_run(corpus, cache, tmp_path, monkeypatch, pai
     # spaCy's score: the mean of the held-out accuracies of the objectives.
     expected_scores = [(row["eval_mlm_accuracy"] + row["eval_nsp_accuracy"]) / 2 for row in evals]
     assert metrics["score"] == pytest.approx(expected_scores, abs=1e-6)
+
+
+def test_max_length_beyond_the_positions_is_refused_before_the_corpus_is_read(cache, tmp_path):
+    """The corpus named does not exist: the run must stop at max_length, before looking for it."""
+    code, output, escaped = run_cli(
+        PRETRAIN_CFG,
+        tmp_path / "out",
+        *cli_overrides(tmp_path / "missing.txt", cache, **{"bert_pretraining.max_length": 100}),
+        "--dry-run",
+    )
+    assert escaped is None and code == 1, output
+    assert failure_message(output) == (
+        "[bert_pretraining] max_length = 100 exceeds [components.bert_encoder.model] max_positions = 64: "
+        "lower max_length"
+    )
+
+
+def test_nsp_on_a_one_document_corpus_fails_the_dry_run(cache, tmp_path):
+    """A .txt without blank lines is one document: no "random next" segment can be drawn."""
+    corpus = tmp_path / "one.txt"
+    corpus.write_text(ALICE.read_text(encoding="utf8").replace("\n\n", "\n"), encoding="utf8")
+    overrides = cli_overrides(corpus, cache, **{"bert_pretraining.heldout_docs": 0})
+    code, output, escaped = run_cli(PRETRAIN_CFG, tmp_path / "out", *overrides, "--dry-run")
+    assert escaped is None and code == 1, output
+    assert failure_message(output).startswith(
+        "NSP needs at least two documents (a random next segment comes from another one), and the "
+        "training corpus has one:"
+    )
