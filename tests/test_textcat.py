@@ -129,7 +129,8 @@ def test_saved_pipeline_scores_the_same(trained, tmp_path: Path):
 
 def test_every_window_of_a_long_document_counts():
     """With unigrams, reversing the word order in the last window leaves the bag of words as it
-    was: the score moves only if BERT's vectors of the last window reach the pooled vector."""
+    was: BERT's part of the score moves only if the last window reaches the pooled vector. (The
+    summed class scores of a 5,000-word text saturate the softmax, so the parts are compared.)"""
     nlp, _ = train("textcat", ngram_size=1)
     words: List[str] = []
     for text, _ in sst2("train", 2000):
@@ -137,14 +138,13 @@ def test_every_window_of_a_long_document_counts():
         if len(words) >= 5000:
             break
     words = words[:5000]
-    original = Doc(nlp.vocab, words=words)
-    changed = Doc(nlp.vocab, words=words[:-20] + words[-20:][::-1])
-    textcat = nlp.get_pipe("textcat")
-    original_doc, changed_doc = nlp(original), nlp(changed)
-    assert original_doc.tensor.shape[0] == len(original_doc) == 5000
-    bow = textcat.model.get_ref("bow")
-    assert numpy.array_equal(bow.predict([original_doc]), bow.predict([changed_doc]))
-    assert original_doc.cats != changed_doc.cats
+    original = nlp(Doc(nlp.vocab, words=words))
+    changed = nlp(Doc(nlp.vocab, words=words[:-20] + words[-20:][::-1]))
+    assert original.tensor.shape[0] == len(original) == 5000
+    model = nlp.get_pipe("textcat").model
+    bow, bert = model.get_ref("bow"), model.get_ref("bert")
+    assert numpy.array_equal(bow.predict([original]), bow.predict([changed]))
+    assert not numpy.allclose(bert.predict([original]), bert.predict([changed]), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize(

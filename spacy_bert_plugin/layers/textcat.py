@@ -96,6 +96,7 @@ def TextCatBertBOW(
     )
     model.set_ref("tok2vec", tok2vec)
     model.set_ref("bow", bow)
+    model.set_ref("bert", bert)
     model.set_ref("output_layer", dense)
     model.set_ref("sparse_layer", sparse)
     return model
