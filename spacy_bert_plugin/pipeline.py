@@ -22,7 +22,15 @@ from thinc.types import Floats2d
 
 from . import __version__
 from .checkpoint import CheckpointError, load_encoder, save_checkpoint
-from .layers import EncoderConfigError, dropout_rates, get_encoder, new_random_encoder, set_encoder
+from .layers import (
+    EncoderConfigError,
+    dropout_rates,
+    fused_adam_update,
+    get_encoder,
+    is_adam,
+    new_random_encoder,
+    set_encoder,
+)
 from .pieces import WordPieces
 
 DEFAULT_BERT_MODEL = """
@@ -197,7 +205,13 @@ class BertEncoderComponent(Tok2Vec):
         if self.is_frozen:
             return
         scale = self.cfg["learn_rate_scale"]
-        super().finish_update(sgd if scale == 1.0 else partial(sgd, lr_scale=scale))
+        if not is_adam(sgd):  # RAdam, SGD: thinc's own steps, one weight at a time
+            super().finish_update(sgd if scale == 1.0 else partial(sgd, lr_scale=scale))
+            return
+        # Adam: thinc's steps, all the encoder's weights in one fused torch kernel call.
+        for node in self.model.walk():
+            for shim in node.shims:
+                fused_adam_update(shim, sgd, lr_scale=scale)
 
     @property
     def is_frozen(self) -> bool:
