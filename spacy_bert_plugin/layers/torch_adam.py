@@ -30,15 +30,16 @@ def is_adam(optimizer: object) -> bool:
 
 
 def fused_adam_update(shim: PyTorchShim, optimizer: Optimizer, lr_scale: float = 1.0) -> None:
-    """Update the shim's weights that have gradients, then drop the gradients, unless the fp16
-    gradient scaler found an overflow in them (which skips the step, as thinc does)."""
+    """Update the shim's weights that have gradients, unless the fp16 gradient scaler found an
+    overflow in them (which skips the step, as thinc does), then zero the gradients."""
     named = [(name, param) for name, param in shim._model.named_parameters() if param.grad is not None]
     scaler = shim._grad_scaler
     if named and not scaler.found_inf:
         with torch.no_grad():
             _adam_step([((shim.id, name), param) for name, param in named], optimizer, lr_scale)
-    for _, param in named:
-        param.grad = None  # the next backward writes its gradient instead of adding to zeros
+    # Zeroed, not dropped: the next backward adds into them (the word embeddings' only where
+    # looked up, bert.encoder.BertEmbeddings), as thinc's PyTorchShim does.
+    torch._foreach_zero_([param.grad for _, param in named])
     scaler.update()
 
 
