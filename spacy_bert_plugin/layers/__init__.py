@@ -1,6 +1,7 @@
 from .bert_encoder import (
     EncoderConfigError,
     build_bert_encoder_v1,
+    check_checkpoint_sizes,
     dropout_rates,
     get_encoder,
     new_random_encoder,
@@ -11,6 +12,7 @@ from .torch_adam import fused_adam_update, is_adam
 __all__ = [
     "EncoderConfigError",
     "build_bert_encoder_v1",
+    "check_checkpoint_sizes",
     "dropout_rates",
     "fused_adam_update",
     "get_encoder",
