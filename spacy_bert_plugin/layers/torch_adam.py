@@ -34,12 +34,13 @@ def fused_adam_update(shim: PyTorchShim, optimizer: Optimizer, lr_scale: float =
     overflow in them (which skips the step, as thinc does), then zero the gradients."""
     named = [(name, param) for name, param in shim._model.named_parameters() if param.grad is not None]
     scaler = shim._grad_scaler
-    if named and not scaler.found_inf:
-        with torch.no_grad():
-            _adam_step([((shim.id, name), param) for name, param in named], optimizer, lr_scale)
-    # Zeroed, not dropped: the next backward adds into them (the word embeddings' only where
-    # looked up, bert.encoder.BertEmbeddings), as thinc's PyTorchShim does.
-    torch._foreach_zero_([param.grad for _, param in named])
+    if named:
+        if not scaler.found_inf:
+            with torch.no_grad():
+                _adam_step([((shim.id, name), param) for name, param in named], optimizer, lr_scale)
+        # Zeroed, not dropped: the next backward adds into them (the word embeddings' only where
+        # looked up, bert.encoder.BertEmbeddings), as thinc's PyTorchShim does.
+        torch._foreach_zero_([param.grad for _, param in named])
     scaler.update()
 
 
