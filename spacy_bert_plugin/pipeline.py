@@ -26,9 +26,9 @@ from .errors import COMPONENT, CheckpointError, EncoderConfigError
 from .layers import (
     check_checkpoint_sizes,
     dropout_rates,
+    fused_adam_applies,
     fused_adam_update,
     get_encoder,
-    is_adam,
     new_random_encoder,
     set_encoder,
 )
@@ -211,10 +211,11 @@ class BertEncoderComponent(Tok2Vec):
         if self.is_frozen:
             return
         scale = self.cfg["learn_rate_scale"]
-        if not is_adam(sgd):  # RAdam, SGD: thinc's own steps, one weight at a time
+        device = next(get_encoder(self.model).parameters()).device
+        if not fused_adam_applies(sgd, device):  # RAdam, SGD, a GPU: thinc's steps, weight by weight
             super().finish_update(sgd if scale == 1.0 else partial(sgd, lr_scale=scale))
             return
-        # Adam: thinc's steps, all the encoder's weights in one fused torch kernel call.
+        # Adam on the CPU: thinc's steps, all the encoder's weights in one fused torch kernel call.
         for node in self.model.walk():
             for shim in node.shims:
                 fused_adam_update(shim, sgd, lr_scale=scale)

@@ -11,7 +11,7 @@ from thinc.shims import PyTorchShim
 
 from spacy_bert_plugin.bert.config import BertConfig
 from spacy_bert_plugin.bert.encoder import BertEncoder
-from spacy_bert_plugin.layers.torch_adam import fused_adam_update, is_adam
+from spacy_bert_plugin.layers.torch_adam import fused_adam_applies, fused_adam_update
 
 STEPS = 4
 LEARN_RATES = [0.01, 0.03, 0.002, 0.02]  # a schedule: one rate per step
@@ -55,7 +55,7 @@ def test_fused_adam_steps_as_thinc_adam(L2_is_weight_decay):
     thinc_shim, torch_shim = twin_shims()
     settings = dict(L2=0.1, L2_is_weight_decay=L2_is_weight_decay, grad_clip=2.0, use_averages=False)
     thinc_adam, torch_adam = (Adam(LEARN_RATES, beta2=0.99, eps=1e-4, **settings) for _ in range(2))
-    assert is_adam(torch_adam)
+    assert fused_adam_applies(torch_adam, torch.device("cpu"))
     clipped = set()
     for step in range(STEPS):
         for shim in (thinc_shim, torch_shim):
@@ -102,11 +102,13 @@ def test_an_overflow_skips_the_step_and_backs_off_the_scale():
     assert scaler._scale.item() == 4.0
 
 
-def test_only_adam_steps_take_the_fused_path():
-    assert is_adam(Adam(0.001))
-    assert not is_adam(RAdam(0.001))
-    assert not is_adam(SGD(0.001))
-    assert not is_adam(partial(Adam(0.001), lr_scale=0.5))
+def test_only_adam_steps_on_the_cpu_take_the_fused_path():
+    cpu = torch.device("cpu")
+    assert fused_adam_applies(Adam(0.001), cpu)
+    assert not fused_adam_applies(Adam(0.001), torch.device("cuda"))
+    assert not fused_adam_applies(RAdam(0.001), cpu)
+    assert not fused_adam_applies(SGD(0.001), cpu)
+    assert not fused_adam_applies(partial(Adam(0.001), lr_scale=0.5), cpu)
 
 
 def test_thinc_never_reads_the_averages_it_keeps_of_torch_weights():

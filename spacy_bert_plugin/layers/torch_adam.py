@@ -19,13 +19,16 @@ from thinc.shims import PyTorchShim
 from torch.optim.adam import adam
 
 
-def is_adam(optimizer: object) -> bool:
-    """Whether `optimizer` is a thinc Optimizer making Adam steps (not RAdam's, not SGD's)."""
+def fused_adam_applies(optimizer: object, device: torch.device) -> bool:
+    """Whether `fused_adam_update` makes `optimizer`'s steps for weights on `device`: a thinc
+    Optimizer making Adam steps (not RAdam's, not SGD's), on the CPU (on a GPU thinc keeps the
+    moments in cupy arrays, which this does not handle)."""
     return (
         isinstance(optimizer, Optimizer)
         and not optimizer.use_radam
         and optimizer.b1 > 0.0
         and optimizer.b2 > 0.0
+        and device.type == "cpu"
     )
 
 
