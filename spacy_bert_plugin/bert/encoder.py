@@ -37,13 +37,14 @@ class BertEmbeddings(nn.Module):
     def _sparse_word_gradient(self) -> bool:
         """Whether the backward pass adds the looked-up rows only into the word embeddings'
         gradient: when a dense one is kept between steps (zeroed, not dropped, as spaCy's training
-        does). A dense vocabulary-sized gradient per pass would be a fresh block of memory each
-        time, whose pages fault in again (30522 x 256: 20-100 ms a pass on a busy CPU)."""
+        does), on a CPU: there a dense vocabulary-sized gradient per pass would be a fresh block of
+        memory each time, whose pages fault in again (30522 x 256: 20-100 ms a pass when busy)."""
         grad = self.word.weight.grad
         return (
             self.training
             and grad is not None
             and grad.layout == torch.strided
+            and grad.device.type == "cpu"
             and not torch.compiler.is_compiling()
         )
 
