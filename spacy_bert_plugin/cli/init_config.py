@@ -10,7 +10,9 @@ from spacy.cli._util import Arg, Opt, app
 from thinc.api import Config
 from wasabi import msg
 
-# NAME -> the packaged file (spacy_bert_plugin/configs/, copies of the repository's configs/).
+from ..errors import COMPONENT, MODEL_SECTION
+
+# NAME -> the packaged file (spacy_bert_plugin/configs/: in a checkout, a link to configs/).
 CONFIGS = {
     "pretrain": "pretrain.cfg",
     "ner": "ner.cfg",
@@ -18,7 +20,6 @@ CONFIGS = {
     "textcat_multilabel": "textcat_multilabel.cfg",
 }
 CPU_PRETRAIN = "pretrain-cpu.cfg"
-ENCODER_SECTION = "components.bert_encoder.model"
 # What the CPU recipe changes in a fine-tuning config: the encoder's shape (its dropout is
 # pretraining's, the fine-tuning configs keep theirs).
 SHAPE_KEYS = ("hidden_width", "num_layers", "num_heads", "intermediate_width")
@@ -40,13 +41,13 @@ def config_text(name: str, cpu: bool = False) -> str:
     if not cpu:
         return text
     recipe = Config().from_str(packaged_config(CPU_PRETRAIN), interpolate=False)
-    encoder = recipe["components"]["bert_encoder"]["model"]
+    encoder = recipe["components"][COMPONENT]["model"]
     return with_encoder_shape(text, {key: encoder[key] for key in SHAPE_KEYS})
 
 
 def with_encoder_shape(text: str, shape: Dict[str, int]) -> str:
     """`text` with new values for the keys of [components.bert_encoder.model], comments kept."""
-    header = f"[{ENCODER_SECTION}]\n"
+    header = f"{MODEL_SECTION}\n"
     start = text.index(header) + len(header)
     end = text.find("\n[", start)
     end = len(text) if end == -1 else end
@@ -54,7 +55,7 @@ def with_encoder_shape(text: str, shape: Dict[str, int]) -> str:
     for key, value in shape.items():
         section, count = re.subn(rf"^{key} = .*$", f"{key} = {value}", section, flags=re.MULTILINE)
         if count != 1:
-            raise ValueError(f"[{ENCODER_SECTION}] has {count} lines setting {key}, expected one")
+            raise ValueError(f"{MODEL_SECTION} has {count} lines setting {key}, expected one")
     return text[:start] + section + text[end:]
 
 
@@ -74,7 +75,15 @@ def bert_init_config_cli(
     textcat, textcat_multilabel) with a bert_encoder that its components listen to."""
     if name not in CONFIGS:
         msg.fail(f"No config named {name!r}: choose one of {', '.join(CONFIGS)}", exits=1)
-    text = config_text(name, cpu=cpu)
+    try:
+        text = config_text(name, cpu=cpu)
+    except OSError as err:
+        msg.fail(
+            f"Cannot read the packaged config {err.filename} ({err.strerror}): in a git checkout, "
+            "spacy_bert_plugin/configs is a link to configs/ (git config core.symlinks true, then check "
+            "out again); or install a built wheel",
+            exits=1,
+        )
     if str(output_file) == "-":
         sys.stdout.write(text)
         return

@@ -54,7 +54,7 @@ class TextCatBertBOWModel(Model):
                     node.set_param(name, param)
 
 
-def TextCatBertBOW(
+def build_textcat_bert_bow_v1(
     tok2vec: Model[List[Doc], List[Floats2d]],
     exclusive_classes: bool,
     ngram_size: int = 2,

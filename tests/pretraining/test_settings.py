@@ -1,12 +1,22 @@
+from importlib.metadata import entry_points
+
 import pytest
 from pretraining_data import PRETRAIN_CFG
 from spacy import util
+from spacy.util import registry
 
 from spacy_bert_plugin.pretraining.settings import SettingsError, read_settings
 
 
 def settings_with(**overrides):
     return read_settings(util.load_config(PRETRAIN_CFG, overrides=overrides, interpolate=True))
+
+
+def test_objectives_come_from_the_spacy_entry_point_group():
+    """Another package's objectives (and ours, from setup.cfg) load from `spacy_bert_objectives`."""
+    assert registry.bert_objectives.entry_point_namespace == "spacy_bert_objectives"
+    names = {entry.name for entry in entry_points(group="spacy_bert_objectives")}
+    assert {f"spacy_bert_plugin.{name}.v1" for name in ("MLM", "NSP", "SOP", "RTD")} <= names
 
 
 def test_shipped_config_validates():
@@ -54,3 +64,17 @@ def test_missing_section():
     del config["bert_pretraining"]
     with pytest.raises(SettingsError, match=r"no \[bert_pretraining\] section"):
         read_settings(config)
+
+
+@pytest.mark.parametrize("length", [1, 3, 4])
+def test_too_short_max_length_is_refused_with_the_settings(length):
+    """With NSP a sequence needs [CLS], two [SEP] and a piece in each segment."""
+    with pytest.raises(SettingsError, match=rf"max_length = {length} leaves no room for text: at least 5"):
+        settings_with(**{"bert_pretraining.max_length": length})
+    assert settings_with(**{"bert_pretraining.max_length": 5}).max_length == 5
+    no_pairs = {"bert_pretraining.objectives.nsp": None}
+    if length < 4:
+        with pytest.raises(SettingsError, match="at least 4"):
+            settings_with(**no_pairs, **{"bert_pretraining.max_length": length})
+    else:
+        assert settings_with(**no_pairs, **{"bert_pretraining.max_length": length}).max_length == 4
