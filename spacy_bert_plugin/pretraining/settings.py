@@ -75,7 +75,7 @@ def read_settings(config: Config) -> PretrainingSettings:
     """Validate the interpolated config's `[bert_pretraining]` section and resolve its objectives."""
     if "bert_pretraining" not in config:
         raise SettingsError("the config has no [bert_pretraining] section; see configs/pretrain.cfg for one")
-    from . import objectives, rtd  # noqa: F401  (register the built-in objectives)
+    from . import distill, objectives, rtd  # noqa: F401  (register the built-in objectives)
 
     section = dict(config["bert_pretraining"])
     section.setdefault("logger", DEFAULT_LOGGER)
