@@ -211,11 +211,16 @@ def raw_text(
     max_docs: Optional[int] = typer.Option(None, "--max-docs", min=1, help="Keep only the first N documents"),
     min_words: int = typer.Option(5, "--min-words", min=1, help="Drop texts with fewer words"),
     text_column: str = typer.Option("text", "--text-column", help="CSV column holding the text"),
+    max_words: int = typer.Option(
+        0, "--max-words", min=0, help="Cut each text to its first N words (0: whole texts)"
+    ),
 ) -> None:
     """CSV articles -> JSONL {"text": ...} for pretraining (whitespace collapsed, short and duplicate texts dropped)."""
     with reported_errors():
         raw = read_csv_texts(asset, text_column)
     texts = clean_texts(raw, min_words)[:max_docs]
+    if max_words:
+        texts = [" ".join(text.split()[:max_words]) for text in texts]
     output.parent.mkdir(parents=True, exist_ok=True)
     srsly.write_jsonl(output, ({"text": text} for text in texts))
     words = sum(len(text.split()) for text in texts)
