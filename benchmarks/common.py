@@ -237,14 +237,24 @@ def run_once(script: Path, spec: Dict[str, Any], request: Optional[Dict[str, Any
 
 def register_plugin() -> None:
     """The package's spaCy registrations where it runs from PYTHONPATH without its installed entry
-    points (the GPU machine): the factory registers on import, the architecture by hand."""
+    points (the GPU machine): the factory registers on import, the rest as setup.cfg lists them."""
+    import configparser
+    import importlib
+
     from spacy.util import registry
 
     import spacy_bert_plugin.pipeline  # noqa: F401
-    from spacy_bert_plugin.layers import BertEncoder
+    import spacy_bert_plugin.pretraining.settings  # noqa: F401  (creates registry.bert_objectives)
 
-    if "spacy_bert_plugin.BertEncoder.v1" not in registry.architectures:
-        registry.architectures.register("spacy_bert_plugin.BertEncoder.v1", func=BertEncoder)
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    for group, table in (("spacy_architectures", registry.architectures), ("spacy_bert_objectives", None)):
+        table = table or registry.bert_objectives
+        for line in setup["options.entry_points"][group].strip().splitlines():
+            name, target = (part.strip() for part in line.split("="))
+            module, function = target.split(":")
+            if name not in table:
+                table.register(name, func=getattr(importlib.import_module(module), function))
 
 
 def set_threads(threads: int) -> int:
@@ -302,7 +312,7 @@ def drain(items: List[Any]) -> Iterator[Any]:
 
 class EncoderMeter:
     """Records the real sequence lengths of every forward pass of a BERT encoder module (ours, or
-    a Hugging Face `BertModel`) through a forward pre-hook, for `bert.flops` and the limit's shapes."""
+    a Hugging Face `BertModel`) through a forward pre-hook, for `flops.py` and the limit's shapes."""
 
     def __init__(self, module, config: BertConfig):
         self.config = config

@@ -6,7 +6,7 @@ Both arms read IMDB train reviews with the same ~30k-piece vocabulary (random-we
 from common.checkpoint: the student arms start from BERT-Tiny, the teacher is BERT-Mini) and run
 in one process, one step each in turn (who goes first alternates), so each pair of steps saw the
 same machine load. The teacher's part of the distillation step (its encoder and masked-LM head
-under no_grad, in the run's autocast) is timed inside the step. Model FLOPs (bert.flops): the
+under no_grad, in the run's autocast) is timed inside the step. Model FLOPs (flops.py): the
 student's forward and backward, the projections, and the teacher's forward; the limit is torch's
 matrix-product speed at those shapes, in the same process and precision.
 
@@ -42,14 +42,7 @@ from common import (
     set_threads,
     write_texts,
 )
-
-from spacy_bert_plugin.bert.flops import (
-    encoder_flops,
-    linear_flops,
-    mlm_head_flops,
-    pretraining_flops,
-    training_flops,
-)
+from flops import encoder_flops, linear_flops, mlm_head_flops, pretraining_flops, training_flops
 
 WORK_DIR = CACHE_DIR / "distill"
 

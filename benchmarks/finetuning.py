@@ -22,7 +22,7 @@ component, with the Adam.v1 of configs/ner.cfg. Every arm runs in its own proces
 the same batches; after warm-up steps the arms take each step one after the other (order
 alternating), so each step's ratio to the peer saw the same machine load. Model FLOPs: the
 encoder passes each arm ran, forward and backward, plus the NER head's dense layers per token
-(bert.flops); the limit is torch's matrix-product speed at those shapes (forward and backward) in
+(flops.py); the limit is torch's matrix-product speed at those shapes (forward and backward) in
 the arm's precision, measured by its process.
 
     python benchmarks/finetuning.py                    # BERT-Mini, 30 steps: ~2 minutes on a busy 2-core box
@@ -61,8 +61,7 @@ from common import (
     serve,
     set_threads,
 )
-
-from spacy_bert_plugin.bert.flops import encoder_flops, head_flops, training_flops
+from flops import encoder_flops, head_flops, training_flops
 
 SCRIPT = Path(__file__).resolve()
 ARMS = ("ours", "peer", "ours-bf16")

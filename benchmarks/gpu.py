@@ -19,7 +19,7 @@ Stages, each skipped (and reported as skipped) when the time budget would not al
 6. ours + torch.compile (`[bert_pretraining] compile = true`), last: its compilation time is the
    least predictable.
 
-Model FLOPs are bert.flops' count of each timed step (forward and backward, the MLM head at the
+Model FLOPs are flops.py's count of each timed step (forward and backward, the MLM head at the
 masked positions); the limit is torch's matrix-product speed at the step's shapes on this GPU,
 beside the nominal dense bf16 peak.
 
@@ -61,8 +61,7 @@ from common import (  # noqa: E402
     run_once,
     write_texts,
 )
-
-from spacy_bert_plugin.bert.flops import encoder_flops  # noqa: E402
+from flops import encoder_flops  # noqa: E402
 
 NOMINAL_FLOPS = 989e12  # H100/H200 SXM dense bf16
 CARRIED_TEXT = BENCH_DIR / ".cache" / "gpu" / "imdb-train.jsonl.gz"

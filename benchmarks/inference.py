@@ -7,7 +7,7 @@ peer gets spacy-transformers' own alignment + mean pooling (what `TransformerLis
 clock starts, so the timings cover the encoder component only. Every arm runs in its own process
 (for a clean peak RSS); the driver interleaves them round by round on the same reviews and reports
 the median of the per-round ratios to the peer, so machine noise hits all arms alike. Model FLOPs
-are those of the encoder passes each arm ran (bert.flops on their real window lengths, the peer's
+are those of the encoder passes each arm ran (flops.py on their real window lengths, the peer's
 overlapping spans included); the limit is torch's matrix-product speed at those shapes, measured
 by each arm's process in its precision (float32, bf16, or int8 for the dense products).
 
@@ -44,10 +44,9 @@ from common import (
     serve,
     set_threads,
 )
+from flops import encoder_flops
 from spacy.language import Language
 from spacy.tokens import Doc
-
-from spacy_bert_plugin.bert.flops import encoder_flops
 
 SCRIPT = Path(__file__).resolve()
 ARMS = ("ours", "peer", "ours-bf16", "ours-int8")

@@ -17,7 +17,7 @@ ours learns from them; `--recipe pretrain-cpu.cfg --size tiny` is the CPU recipe
 are real pieces ([CLS]/[SEP] included, padding not). Per round and precision both arms live in one
 process and take one step each in turn (who goes first alternates), so each pair of steps saw the
 same machine load: the table gives medians over rounds and the ratio ours/HF as the median of the
-paired per-step ratios. Model FLOPs (bert.flops: both arms counted alike, the MLM head at the
+paired per-step ratios. Model FLOPs (flops.py: both arms counted alike, the MLM head at the
 masked positions) over the step time give the achieved GFLOP/s; the limit is torch's
 matrix-product speed at the step's shapes, forward and backward, measured in the same process and
 precision. `--compile` adds ours with `compile = true` (torch.compile of the step; it compiles in
@@ -66,9 +66,9 @@ from common import (
     set_threads,
     write_texts,
 )
+from flops import pretraining_flops
 
 from spacy_bert_plugin.bert.config import BertConfig
-from spacy_bert_plugin.bert.flops import pretraining_flops
 
 SCRIPT = Path(__file__).resolve()
 WORK_DIR = CACHE_DIR / "pretraining"
@@ -155,7 +155,7 @@ class OursArm:
         self.masked: List[int] = []
         self.pairs: List[int] = []
         model.mlm_head.register_forward_pre_hook(lambda _m, args: self.masked.append(args[0].shape[0]))
-        model.nsp_head.register_forward_pre_hook(lambda _m, args: self.pairs.append(args[0].shape[0]))
+        model.pair_head.register_forward_pre_hook(lambda _m, args: self.pairs.append(args[0].shape[0]))
 
     def step(self) -> Dict[str, Any]:
         before = self.trainer.state["tokens"]

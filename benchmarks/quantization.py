@@ -10,7 +10,7 @@ The int8 pipeline is what `spacy.load(PIPELINE, config={"components": {"bert_enc
 pipelines on the same file, one after the other in alternating order, and the table shows the median
 words/s (of the whole pipeline, as `nlp.evaluate` times it: docs are tokenized before the clock)
 and the median of the paired per-round ratios int8 / float32. GFLOP/s: the encoder's model FLOPs
-(bert.flops) over the evaluation's time; the limit is the matrix-product speed at the encoder's
+(flops.py) over the evaluation's time; the limit is the matrix-product speed at the encoder's
 shapes in float32 and through PyTorch's int8 Linear, measured in this process.
 """
 
@@ -34,10 +34,9 @@ from common import (
     pipeline_meter,
     set_threads,
 )
+from flops import encoder_flops
 from inference import vector_agreement
 from spacy.training import Corpus
-
-from spacy_bert_plugin.bert.flops import encoder_flops
 
 PROJECT = REPO / "project"
 DEFAULT_PIPELINE = PROJECT / "training" / "ner" / "model-best"

@@ -4,7 +4,7 @@ window) and memory bounded by the window and batch, not by the document or corpu
 
 Each point runs in its own process, so its peak RSS is its own; "pipe peak - load" is what the
 measured `nlp.pipe` added on top of the loaded pipeline. Docs are tokenized before the clock starts.
-Achieved GFLOP/s: the encoder's model FLOPs (bert.flops on its real window lengths) over the time;
+Achieved GFLOP/s: the encoder's model FLOPs (flops.py on its real window lengths) over the time;
 the limit is float32 matrix-product speed at those shapes, measured by the same process.
 
     python benchmarks/scaling.py            # lengths 100 .. 20,000 words, corpora of 100 .. 800 reviews
@@ -37,9 +37,8 @@ from common import (
     serve,
     set_threads,
 )
+from flops import encoder_flops
 from spacy.tokens import Doc
-
-from spacy_bert_plugin.bert.flops import encoder_flops
 
 SCRIPT = Path(__file__).resolve()
 WORDS_PER_LENGTH_POINT = 20_000  # every length point encodes this many words (one or more docs)

@@ -1,4 +1,4 @@
-"""Training corpora for task distillation, in spaCy's `readers` registry.
+"""Training corpora for task distillation, in spaCy's `readers` registry (entry point `spacy_readers`).
 
 `spacy_bert_plugin.MixedCorpus.v1` reads gold-annotated docs and docs a teacher pipeline labelled
 (`spacy apply TEACHER unlabeled.jsonl teacher.spacy`), and mixes them: `teacher_ratio`
@@ -14,7 +14,6 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Union
 
 from spacy.language import Language
 from spacy.training import Corpus, Example
-from spacy.util import registry
 
 
 class MixedCorpus:
@@ -60,7 +59,6 @@ def decided(cats: Dict[str, float], exclusive_classes: bool) -> Dict[str, float]
     return {label: float(score >= 0.5) for label, score in cats.items()}
 
 
-@registry.readers("spacy_bert_plugin.MixedCorpus.v1")
 def create_mixed_corpus(
     path: Optional[Path],
     teacher_path: Optional[Path],

@@ -1,4 +1,8 @@
-"""Fixtures for the bert_encoder tests (helpers live in tiny_bert.py)."""
+"""Fixtures for the bert_encoder tests (helpers live in tiny_bert.py).
+
+A test file is named after the module it tests, with its room: tests/test_bert_dropout.py for
+bert/dropout.py, test_layers_windows.py for layers/windows.py, test_cli_export.py for
+cli/export.py, pretraining/test_trainer.py for pretraining/trainer.py."""
 
 from pathlib import Path
 

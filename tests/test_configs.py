@@ -1,4 +1,4 @@
-"""The shipped configs (configs/ and their packaged copies) and `python -m spacy bert-init-config`."""
+"""The shipped configs (configs/, packaged as spacy_bert_plugin/configs) and `python -m spacy bert-init-config`."""
 
 import shutil
 import subprocess
@@ -59,15 +59,10 @@ def flat(section: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return items
 
 
-def test_packaged_configs_are_copies_of_the_configs_folder():
-    shipped = sorted(path.name for path in CONFIG_DIR.glob("*.cfg"))
-    assert shipped == sorted(path.name for path in PACKAGED_DIR.glob("*.cfg"))
-    assert set(shipped) >= {*CONFIGS.values(), "pretrain-cpu.cfg"}
-    for name in shipped:
-        assert (PACKAGED_DIR / name).read_bytes() == (CONFIG_DIR / name).read_bytes(), (
-            f"spacy_bert_plugin/configs/{name} differs from configs/{name}: "
-            f"cp configs/{name} spacy_bert_plugin/configs/"
-        )
+def test_the_package_ships_the_configs_folder_itself():
+    """One copy: spacy_bert_plugin/configs is a link to configs/ (the wheel gets the files)."""
+    assert PACKAGED_DIR.is_symlink() and PACKAGED_DIR.resolve() == CONFIG_DIR.resolve()
+    assert {*CONFIGS.values(), "pretrain-cpu.cfg"} <= {path.name for path in CONFIG_DIR.glob("*.cfg")}
 
 
 def test_cpu_recipe_is_the_general_config_with_the_recipe_values():
@@ -174,16 +169,15 @@ def test_init_config_entry_point_in_a_fresh_interpreter():
 
 @pytest.mark.slow
 def test_wheel_contains_the_configs(tmp_path):
-    """`pip wheel` of a copy of the source (no build isolation: the venv's setuptools, offline)."""
+    """`pip wheel` of a copy of the source, links kept (no build isolation: the venv's setuptools,
+    offline); bert-init-config from the unpacked wheel writes the configs."""
     source = tmp_path / "src"
     source.mkdir()
     for name in ("setup.cfg", "pyproject.toml", "README.md"):
         shutil.copy2(REPO_ROOT / name, source / name)
-    shutil.copytree(
-        REPO_ROOT / "spacy_bert_plugin",
-        source / "spacy_bert_plugin",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
+    for name in ("spacy_bert_plugin", "configs"):
+        ignore = shutil.ignore_patterns("__pycache__")
+        shutil.copytree(REPO_ROOT / name, source / name, symlinks=True, ignore=ignore)
     cmd = [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation"]
     result = subprocess.run([*cmd, "-w", str(tmp_path / "dist")], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -192,4 +186,14 @@ def test_wheel_contains_the_configs(tmp_path):
         for name in sorted(path.name for path in CONFIG_DIR.glob("*.cfg")):
             assert zf.read(f"spacy_bert_plugin/configs/{name}") == (CONFIG_DIR / name).read_bytes()
         entry_points = zf.read(next(n for n in zf.namelist() if n.endswith("entry_points.txt"))).decode()
+        zf.extractall(tmp_path / "installed")
     assert "bert-init-config = spacy_bert_plugin.cli:bert_init_config_cli" in entry_points
+    script = (
+        f"import sys; sys.path.insert(0, {str(tmp_path / 'installed')!r}); "
+        "from spacy_bert_plugin.cli.init_config import config_text; import spacy_bert_plugin; "
+        "print(spacy_bert_plugin.__file__); sys.stdout.write(config_text('ner'))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    location, text = result.stdout.split("\n", 1)
+    assert location.startswith(str(tmp_path / "installed")), result.stderr
+    assert text == (CONFIG_DIR / "ner.cfg").read_text(encoding="utf8")

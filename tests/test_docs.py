@@ -5,12 +5,13 @@ exists (a Makefile target, a registered `spacy` CLI command, a project workflow,
 subcommand), every config or script it names exists, and every option it passes is one the command
 takes (`--section.key` overrides must be keys of the config, `--vars.NAME` variables of
 project.yml). The cheap ones (RUN_HERE) are then run as written, in-process, with tiny data and
-tiny-model overrides appended; the others are listed in RUN_ELSEWHERE with what runs them, and
-that is checked to exist. A command that is neither fails the test: add it to one of the two.
+tiny-model overrides appended; the others (RUN_DRY) run dry: `make -n`, `spacy project run --dry`,
+and a project script's command must be one the `all` workflow runs.
 """
 
 import re
 import shlex
+import subprocess
 import traceback
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -33,32 +34,13 @@ FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 # spaCy commands this module runs on tiny data (see test_readme_commands_run).
 RUN_HERE = ("spacy bert-pretrain", "spacy bert-init-config", "spacy train", "spacy bert-export-hf")
 
-# Commands too slow or too global to run here: (file, text it must contain) that shows what runs them.
-RUN_ELSEWHERE: Dict[str, List[Tuple[str, str]]] = {
-    "make install": [("Makefile", "test: install"), (".ci/run", "make test")],
-    "make test": [(".ci/run", "make test")],
-    "make lint": [(".ci/run", "make lint")],
-    "make demo": [
-        ("Makefile", "spacy project run all"),
-        ("tests/test_project.py", "def test_smoke_workflow_writes_metrics_and_report("),
-    ],
-    # The smoke workflow runs every command of `all` on a slice (project/scripts/smoke.py).
-    "spacy project run": [
-        ("tests/test_project.py", "def test_smoke_workflow_writes_metrics_and_report("),
-        ("project/scripts/smoke.py", '"all",'),
-    ],
-    "scripts/fetch_assets.py": [
-        ("tests/test_project_data.py", "def test_fetch_from_wheel_dir_extracts_members_and_skips_existing(")
-    ],
-    "scripts/prepare_data.py raw-text": [("tests/test_project_data.py", "def test_raw_text_from_csv_zip(")],
-    "scripts/prepare_data.py textcat": [("tests/test_project_data.py", "def test_textcat_label_dirs(")],
-    "scripts/prepare_data.py ner": [
-        ("tests/test_project_data.py", "def test_ner_command_writes_deterministic_disjoint_splits(")
-    ],
-    "scripts/prepare_data.py mix": [
-        ("tests/test_project_data.py", "def test_mix_adds_copies_of_training_texts_shuffled(")
-    ],
-}
+
+# Commands too slow or too global to run here (make targets, project workflows, the project's
+# scripts) run dry instead: `make -n`, `spacy project run --dry`, and a script command must be one
+# the dry `all` workflow runs (tests/test_project.py runs that workflow on a slice).
+def runs_dry(key: str) -> bool:
+    return key.startswith("make ") or key in ("spacy project run", "script")
+
 
 TINY_PRETRAINING = {
     "components.bert_encoder.model.hidden_width": "32",
@@ -107,7 +89,7 @@ def command_key(argv: List[str]) -> str:
     if argv[:3] == ["python", "-m", "spacy"]:
         return "spacy project run" if argv[3:5] == ["project", "run"] else f"spacy {argv[3]}"
     if argv[0] == "python" and argv[1].endswith(".py"):
-        return argv[1] if argv[1] in RUN_ELSEWHERE else " ".join(argv[1:3])
+        return "script"
     raise AssertionError(f"{shlex.join(argv)}: tests/test_docs.py has no check for this kind of command")
 
 
@@ -155,7 +137,7 @@ def check_flags(argv: List[str], options: set, config: Dict, where: str) -> None
 def test_command_names_what_exists(readme, argv):
     cwd = READMES[readme]
     key = command_key(argv)
-    assert key in RUN_ELSEWHERE or key in RUN_HERE, f"{shlex.join(argv)}: neither run here nor mapped"
+    assert key in RUN_HERE or runs_dry(key), f"{shlex.join(argv)}: neither run here nor dry"
     if argv[0] == "make":
         targets = re.findall(r"^([\w-]+):", (REPO_ROOT / "Makefile").read_text(), flags=re.MULTILINE)
         assert argv[1] in targets, f"make {argv[1]}: no such target in the Makefile"
@@ -193,10 +175,27 @@ def test_command_names_what_exists(readme, argv):
         check_flags(argv, options_of(command), {}, "")
 
 
-@pytest.mark.parametrize("key", sorted(RUN_ELSEWHERE))
-def test_commands_run_elsewhere_are_run_there(key):
-    for path, text in RUN_ELSEWHERE[key]:
-        assert text in (REPO_ROOT / path).read_text(encoding="utf8"), f"{key}: {path} lacks {text!r}"
+DRY = [(readme, argv) for readme, argv in COMMANDS if runs_dry(command_key(argv))]
+
+
+@pytest.mark.parametrize("readme,argv", DRY, ids=[f"{r}: {' '.join(a)[:70]}" for r, a in DRY])
+def test_other_commands_run_dry(readme, argv):
+    cwd = READMES[readme]
+    key = command_key(argv)
+    if argv[0] == "make":
+        result = subprocess.run(["make", "-n", *argv[1:]], cwd=cwd, capture_output=True, text=True)
+        assert result.returncode == 0, f"{shlex.join(argv)}: {result.stderr}"
+        return
+    if key == "spacy project run":
+        # spaCy's default project folder is the cwd at import time: name it.
+        named = len(argv) > 6 and not argv[6].startswith("-")
+        folder, rest = (cwd / argv[6], argv[7:]) if named else (cwd, argv[6:])
+        output = invoke([*argv[3:6], str(folder), *rest, "--dry"])
+        assert "Running command:" in output
+    else:
+        output = invoke(["project", "run", "all", str(cwd), "--dry"])
+        script = " ".join(argv[1:3])  # the script and its subcommand (or first argument)
+        assert f"python {script}" in output, f"{shlex.join(argv)}: the `all` workflow never runs {script}"
 
 
 def overrides(values: Dict[str, str], config: Path) -> List[str]:

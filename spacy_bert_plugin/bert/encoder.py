@@ -160,7 +160,7 @@ class BertEncoder(nn.Module):
         self.embeddings = BertEmbeddings(config)
         self.layers = nn.ModuleList(BertLayer(config) for _ in range(config.num_layers))
         self.pooler = nn.Linear(config.hidden_width, config.hidden_width)
-        self.apply(self._init_weights)
+        self.apply(init_weights)
 
     def forward(
         self,
@@ -189,16 +189,17 @@ class BertEncoder(nn.Module):
         """BERT's sentence vector: tanh(dense([CLS]))."""
         return torch.tanh(self.pooler(hidden[:, 0]))
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        # BERT's initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm.
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-            with torch.no_grad():
-                module.weight[module.padding_idx].zero_()
-        if isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+
+def init_weights(module: nn.Module) -> None:
+    """BERT's initialisation of `module` (apply it to each submodule: `model.apply(init_weights)`):
+    N(0, 0.02) weights, zero biases, unit LayerNorm."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+        with torch.no_grad():
+            module.weight[module.padding_idx].zero_()
+    if isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

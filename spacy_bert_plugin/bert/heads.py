@@ -1,4 +1,5 @@
-"""Pretraining heads: masked-LM (tied to the word embeddings) and next-sentence prediction."""
+"""Pretraining heads: masked-LM (tied to the word embeddings) and the segment-pair classifier
+(NSP or SOP; its weights keep HF's `cls.seq_relationship` name in checkpoints)."""
 
 from typing import Optional
 
@@ -7,7 +8,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .config import BertConfig
-from .encoder import BertEncoder
+from .encoder import BertEncoder, init_weights
 
 
 class MaskedLMHead(nn.Module):
@@ -21,20 +22,21 @@ class MaskedLMHead(nn.Module):
         self.transform = nn.Linear(input_width or config.hidden_width, config.hidden_width)
         self.norm = nn.LayerNorm(config.hidden_width, eps=config.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
-        BertEncoder._init_weights(self.transform)
+        init_weights(self.transform)
 
     def forward(self, hidden: Tensor, word_embeddings: Tensor) -> Tensor:
         h = self.norm(F.gelu(self.transform(hidden)))
         return F.linear(h, word_embeddings, self.bias)
 
 
-class NextSentenceHead(nn.Module):
-    """Binary classifier over BERT's pooled [CLS] vector (is segment B the continuation of A?)."""
+class SegmentPairHead(nn.Module):
+    """Binary classifier over BERT's pooled [CLS] vector: is segment B the continuation of A (NSP),
+    or are A and B in order (SOP)?"""
 
     def __init__(self, config: BertConfig):
         super().__init__()
         self.classifier = nn.Linear(config.hidden_width, 2)
-        BertEncoder._init_weights(self.classifier)
+        init_weights(self.classifier)
 
     def forward(self, pooled: Tensor) -> Tensor:
         return self.classifier(pooled)
@@ -48,4 +50,4 @@ class BertForPretraining(nn.Module):
         self.config = config
         self.encoder = BertEncoder(config)
         self.mlm_head = MaskedLMHead(config)
-        self.nsp_head = NextSentenceHead(config)
+        self.pair_head = SegmentPairHead(config)

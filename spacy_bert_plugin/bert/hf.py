@@ -33,7 +33,7 @@ HEAD_KEYS: Dict[str, HFKeys] = {
     "mlm_head.transform.{p}": "cls.predictions.transform.dense.{p}",
     "mlm_head.norm.{p}": "cls.predictions.transform.LayerNorm.{p}",
     "mlm_head.bias": "cls.predictions.bias",
-    "nsp_head.classifier.{p}": "cls.seq_relationship.{p}",
+    "pair_head.classifier.{p}": "cls.seq_relationship.{p}",
 }
 
 # Checkpoints written by TensorFlow-era code name LayerNorm parameters gamma/beta.

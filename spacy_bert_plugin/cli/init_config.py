@@ -10,7 +10,7 @@ from spacy.cli._util import Arg, Opt, app
 from thinc.api import Config
 from wasabi import msg
 
-# NAME -> the packaged file (spacy_bert_plugin/configs/, copies of the repository's configs/).
+# NAME -> the packaged file (spacy_bert_plugin/configs/: in a checkout, a link to configs/).
 CONFIGS = {
     "pretrain": "pretrain.cfg",
     "ner": "ner.cfg",

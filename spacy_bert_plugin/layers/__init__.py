@@ -1,6 +1,6 @@
 from .bert_encoder import (
-    BertEncoder,
     EncoderConfigError,
+    build_bert_encoder_v1,
     dropout_rates,
     get_encoder,
     new_random_encoder,
@@ -8,8 +8,8 @@ from .bert_encoder import (
 )
 
 __all__ = [
-    "BertEncoder",
     "EncoderConfigError",
+    "build_bert_encoder_v1",
     "dropout_rates",
     "get_encoder",
     "new_random_encoder",

@@ -26,7 +26,7 @@ from thinc.api import (
 from thinc.types import Floats2d
 
 from ..bert.config import BertConfig
-from ..bert.encoder import BertEncoder as TorchBertEncoder
+from ..bert.encoder import BertEncoder
 from ..bert.pooling import POOLING_MODES, WordEncoder
 from ..bert.precision import autocast_dtype
 from ..pieces import WordPieces
@@ -53,7 +53,7 @@ if hasattr(os, "register_at_fork"):  # POSIX; elsewhere, multiprocessing spawns 
     os.register_at_fork(after_in_child=_one_torch_thread_after_fork)
 
 
-def BertEncoder(
+def build_bert_encoder_v1(
     hidden_width: int = 256,
     num_layers: int = 4,
     num_heads: int = 4,
@@ -126,7 +126,7 @@ def BertEncoder(
     )
 
 
-def set_encoder(model: Model, encoder: TorchBertEncoder, pieces: WordPieces) -> None:
+def set_encoder(model: Model, encoder: BertEncoder, pieces: WordPieces) -> None:
     """Install a PyTorch encoder and its vocabulary (at initialize, or when loading)."""
     if encoder.config.vocab_size < pieces.vocab_size:
         raise ValueError(
@@ -154,7 +154,7 @@ def set_encoder(model: Model, encoder: TorchBertEncoder, pieces: WordPieces) -> 
     model.set_dim("nO", encoder.config.hidden_width, force=True)
 
 
-def get_encoder(model: Model) -> TorchBertEncoder:
+def get_encoder(model: Model) -> BertEncoder:
     """The float32 encoder: the one to save, also when the forward pass runs a quantized copy."""
     encoder = model.attrs["encoder"]
     if encoder is None:
@@ -162,7 +162,7 @@ def get_encoder(model: Model) -> TorchBertEncoder:
     return encoder
 
 
-def quantize_int8(encoder: TorchBertEncoder) -> TorchBertEncoder:
+def quantize_int8(encoder: BertEncoder) -> BertEncoder:
     """A copy of `encoder` with dynamically quantized int8 nn.Linear layers. The copy's modules
     share `encoder`'s tensors (no float32 weight is copied): quantization replaces the copy's
     Linear modules by new int8 ones and leaves `encoder` as it was."""
@@ -185,10 +185,10 @@ def dropout_rates(model: Model) -> Dict[str, float]:
     return {"dropout": config.dropout, "attention_dropout": config.attention_dropout}
 
 
-def new_random_encoder(model: Model, pieces: WordPieces) -> TorchBertEncoder:
+def new_random_encoder(model: Model, pieces: WordPieces) -> BertEncoder:
     """A randomly initialized encoder of the configured sizes, for the vocabulary `pieces`."""
     config = replace(model.attrs["bert_config"], vocab_size=pieces.vocab_size, pad_token_id=pieces.pad_id)
-    return TorchBertEncoder(config)
+    return BertEncoder(config)
 
 
 def window_size(model: Model) -> int:

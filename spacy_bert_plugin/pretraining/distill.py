@@ -15,25 +15,16 @@ from typing import List, Optional, Tuple
 
 import numpy
 import torch
-from spacy.util import registry
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..bert.encoder import BertLayer
+from ..bert.encoder import BertLayer, init_weights
 from ..bert.heads import BertForPretraining
 from ..checkpoint import CheckpointError, read_checkpoint
 from ..pieces import WordPieces
 from .instances import Batch
-from .objectives import (
-    LAYER_STATES,
-    MASK_LABELS,
-    Metrics,
-    Objective,
-    Tensors,
-    check_masking,
-    mask_batch,
-    masked_positions,
-)
+from .masking import check_masking, mask_batch, masked_positions
+from .objectives import LAYER_STATES, MASK_LABELS, Metrics, Objective, Tensors
 from .runtime import PretrainingError
 from .settings import SettingsError
 
@@ -159,7 +150,7 @@ class Distillation(Objective):
             self.projections = nn.ModuleList(
                 nn.Linear(student.hidden_width, teacher.hidden_width) for _ in self.layer_map
             )
-            self.projections.apply(type(model.encoder)._init_weights)
+            self.projections.apply(init_weights)
 
     def _apply(self, fn, recurse=True):
         # The teacher goes where the objective goes (`.to(device)`), though it is no submodule.
@@ -273,7 +264,6 @@ def real_mean(values: Tensor, real: Optional[Tensor]) -> Tensor:
     return values.mean() if real is None else values[real].mean()
 
 
-@registry.bert_objectives("spacy_bert_plugin.Distill.v1")
 def make_distill(
     teacher: Optional[str] = None,
     weight: float = 1.0,

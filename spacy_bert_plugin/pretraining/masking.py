@@ -1,9 +1,15 @@
-"""BERT's masking for the masked-LM objective, by piece, whole word or span of words."""
+"""BERT's masking for the masked-LM objectives (MLM, RTD), by piece, whole word or span of words."""
 
 from dataclasses import dataclass
 from typing import Tuple
 
 import numpy
+import torch
+from torch import Tensor
+
+from ..pieces import WordPieces
+from .instances import Batch
+from .settings import SettingsError
 
 MASK_UNITS = ("piece", "word", "span")
 
@@ -77,3 +83,46 @@ def _span_units(
             if covered >= budget:
                 break
     return chosen
+
+
+def check_masking(name: str, mask_rate: float, unit: str) -> None:
+    if not 0 < mask_rate < 1:
+        raise SettingsError(
+            f"[bert_pretraining.objectives.{name}] mask_rate = {mask_rate} must be between 0 and 1 (exclusive)"
+        )
+    if unit not in MASK_UNITS:
+        raise SettingsError(
+            f"[bert_pretraining.objectives.{name}] unit = {unit!r} is not a masking unit; use one of "
+            + ", ".join(f'"{u}"' for u in MASK_UNITS)
+        )
+
+
+def mask_batch(
+    batch: Batch,
+    pieces: WordPieces,
+    rng: numpy.random.Generator,
+    rate: float,
+    unit: str,
+    mean_span_words: float,
+) -> numpy.ndarray:
+    """Mask the batch's input as BERT does; returns the labels (original id where masked)."""
+    masked = mask_pieces(
+        batch.input_ids,
+        batch.maskable,
+        batch.word_start,
+        rng,
+        mask_id=pieces.mask_id,
+        random_ids=(len(pieces.special_ids), pieces.vocab_size),
+        rate=rate,
+        unit=unit,
+        mean_span_words=mean_span_words,
+    )
+    batch.input_ids = masked.input_ids
+    return masked.labels
+
+
+def masked_positions(labels: numpy.ndarray, device: torch.device) -> Tuple[Tensor, Tensor]:
+    """Flat indices of the masked positions and their original ids, on `device`."""
+    flat = labels.ravel()
+    positions = numpy.flatnonzero(flat != NOT_MASKED)
+    return torch.from_numpy(positions).to(device), torch.from_numpy(flat[positions]).to(device)

@@ -1,5 +1,5 @@
-"""Pretraining objectives, in the `bert_objectives` registry that other packages extend through
-the `spacy_bert_objectives` entry-point group.
+"""Pretraining objectives, in the `bert_objectives` registry (settings.py), registered through
+the `spacy_bert_objectives` entry-point group (setup.cfg), which other packages extend too.
 
 An objective is a torch module: the modules it owns (e.g. RTD's generator) train with the
 encoder, and are saved and resumed with it. A step calls, in order: `prepare` on the numpy batch
@@ -15,18 +15,14 @@ from typing import Dict, Optional, Tuple
 
 import numpy
 import torch
-from spacy.util import registry
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..bert.heads import BertForPretraining
 from ..pieces import WordPieces
 from .instances import Batch
-from .masking import MASK_UNITS, NOT_MASKED, mask_pieces
+from .masking import check_masking, mask_batch, masked_positions
 from .settings import SettingsError
-
-if not hasattr(registry, "bert_objectives"):
-    registry.create("bert_objectives", entry_points=True)
 
 Metrics = Dict[str, Tensor]  # detached scalars, read only when logged
 
@@ -109,53 +105,10 @@ class MaskedLanguageModel(Objective):
         return self.weight * loss, {"mlm_loss": loss.detach(), "mlm_accuracy": accuracy}
 
 
-def check_masking(name: str, mask_rate: float, unit: str) -> None:
-    if not 0 < mask_rate < 1:
-        raise SettingsError(
-            f"[bert_pretraining.objectives.{name}] mask_rate = {mask_rate} must be between 0 and 1 (exclusive)"
-        )
-    if unit not in MASK_UNITS:
-        raise SettingsError(
-            f"[bert_pretraining.objectives.{name}] unit = {unit!r} is not a masking unit; use one of "
-            + ", ".join(f'"{u}"' for u in MASK_UNITS)
-        )
-
-
-def mask_batch(
-    batch: Batch,
-    pieces: WordPieces,
-    rng: numpy.random.Generator,
-    rate: float,
-    unit: str,
-    mean_span_words: float,
-) -> numpy.ndarray:
-    """Mask the batch's input as BERT does; returns the labels (original id where masked)."""
-    masked = mask_pieces(
-        batch.input_ids,
-        batch.maskable,
-        batch.word_start,
-        rng,
-        mask_id=pieces.mask_id,
-        random_ids=(len(pieces.special_ids), pieces.vocab_size),
-        rate=rate,
-        unit=unit,
-        mean_span_words=mean_span_words,
-    )
-    batch.input_ids = masked.input_ids
-    return masked.labels
-
-
-def masked_positions(labels: numpy.ndarray, device: torch.device) -> Tuple[Tensor, Tensor]:
-    """Flat indices of the masked positions and their original ids, on `device`."""
-    flat = labels.ravel()
-    positions = numpy.flatnonzero(flat != NOT_MASKED)
-    return torch.from_numpy(positions).to(device), torch.from_numpy(flat[positions]).to(device)
-
-
 class SegmentPairObjective(Objective):
     """Binary classification of the segment pair from the pooled [CLS] vector."""
 
-    heads = ("nsp_head",)
+    heads = ("pair_head",)
 
     def __init__(self, weight: float):
         super().__init__(weight)
@@ -164,7 +117,7 @@ class SegmentPairObjective(Objective):
         self, model: BertForPretraining, hidden: Tensor, batch: Batch, tensors: Tensors
     ) -> Tuple[Tensor, Metrics]:
         labels = torch.from_numpy(batch.pair_labels).to(hidden.device)
-        logits = model.nsp_head(model.encoder.pool(hidden)).float()
+        logits = model.pair_head(model.encoder.pool(hidden)).float()
         loss = F.cross_entropy(logits, labels)
         accuracy = (logits.argmax(-1) == labels).float().mean()
         return self.weight * loss, {f"{self.name}_loss": loss.detach(), f"{self.name}_accuracy": accuracy}
@@ -184,7 +137,6 @@ class SentenceOrderPrediction(SegmentPairObjective):
     pairing = "order"
 
 
-@registry.bert_objectives("spacy_bert_plugin.MLM.v1")
 def make_mlm(
     weight: float = 1.0, mask_rate: float = 0.15, unit: str = "word", mean_span_words: float = 3.0
 ) -> Objective:
@@ -192,11 +144,9 @@ def make_mlm(
     return MaskedLanguageModel(weight, mask_rate, unit, mean_span_words)
 
 
-@registry.bert_objectives("spacy_bert_plugin.NSP.v1")
 def make_nsp(weight: float = 1.0) -> Objective:
     return NextSentencePrediction(weight)
 
 
-@registry.bert_objectives("spacy_bert_plugin.SOP.v1")
 def make_sop(weight: float = 1.0) -> Objective:
     return SentenceOrderPrediction(weight)

@@ -12,23 +12,15 @@ from typing import Optional, Tuple
 
 import numpy
 import torch
-from spacy.util import registry
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..bert.encoder import BertLayer
+from ..bert.encoder import BertLayer, init_weights
 from ..bert.heads import BertForPretraining, MaskedLMHead
 from ..pieces import WordPieces
 from .instances import Batch
-from .objectives import (
-    MASK_LABELS,
-    Metrics,
-    Objective,
-    Tensors,
-    check_masking,
-    mask_batch,
-    masked_positions,
-)
+from .masking import check_masking, mask_batch, masked_positions
+from .objectives import MASK_LABELS, Metrics, Objective, Tensors
 from .settings import SettingsError
 
 
@@ -55,7 +47,7 @@ class Generator(nn.Module):
         # The head maps back to the embedding width, where the tied vocabulary projection lives.
         self.head = MaskedLMHead(config, input_width=width)
         for module in (self.project, *self.layers):
-            module.apply(type(model.encoder)._init_weights)
+            module.apply(init_weights)
 
     def forward(self, embedded: Tensor, attention_mask: Optional[Tensor]) -> Tensor:
         x = self.project(embedded)
@@ -103,7 +95,7 @@ class ReplacedTokenDetection(Objective):
         width = model.config.hidden_width
         self.generator = Generator(model, self.width_fraction, self.generator_layers)
         self.head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, 1))
-        self.head.apply(type(model.encoder)._init_weights)
+        self.head.apply(init_weights)
         # Special pieces, and embedding rows past the vocabulary, are never sampled.
         never_sampled = [*pieces.special_ids, *range(pieces.vocab_size, model.config.vocab_size)]
         self.register_buffer("never_sampled", torch.tensor(never_sampled), persistent=False)
@@ -170,7 +162,6 @@ def sample(logits: Tensor, never: Tensor) -> Tensor:
     return torch.searchsorted(cumulative, threshold).squeeze(1).clamp_(max=logits.shape[-1] - 1)
 
 
-@registry.bert_objectives("spacy_bert_plugin.RTD.v1")
 def make_rtd(
     weight: float = 50.0,
     generator_weight: float = 1.0,

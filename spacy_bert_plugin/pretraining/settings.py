@@ -3,6 +3,7 @@
 from pathlib import Path
 from typing import Any, Dict, Literal, Optional
 
+import catalogue
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -14,6 +15,12 @@ from pydantic import (
 )
 from spacy.util import registry
 from thinc.api import Config
+
+# `@bert_objectives` functions: the built-in ones (objectives.py, rtd.py) and other packages' come
+# through the `spacy_bert_objectives` entry-point group, loaded when a config names them. Created
+# as spaCy creates its own registries: thinc's `registry.create` would read `thinc_bert_objectives`.
+if not hasattr(registry, "bert_objectives"):
+    registry.bert_objectives = catalogue.create("spacy", "bert_objectives", entry_points=True)
 
 
 class OptimizerSettings(BaseModel):
@@ -75,8 +82,6 @@ def read_settings(config: Config) -> PretrainingSettings:
     """Validate the interpolated config's `[bert_pretraining]` section and resolve its objectives."""
     if "bert_pretraining" not in config:
         raise SettingsError("the config has no [bert_pretraining] section; see configs/pretrain.cfg for one")
-    from . import distill, objectives, rtd  # noqa: F401  (register the built-in objectives)
-
     section = dict(config["bert_pretraining"])
     section.setdefault("logger", DEFAULT_LOGGER)
     resolved = registry.resolve({"objectives": section.get("objectives", {}), "logger": section["logger"]})

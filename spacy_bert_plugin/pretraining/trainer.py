@@ -94,9 +94,9 @@ class Trainer:
         self.pairing = next((obj.pairing for obj in settings.objectives.values() if obj.pairing), None)
         # Heads no objective trains get no gradient (and DDP must not wait for one).
         trained_heads = {head for obj in settings.objectives.values() for head in obj.heads}
-        for head in ("mlm_head", "nsp_head"):
+        for head in ("mlm_head", "pair_head"):
             getattr(model, head).requires_grad_(head in trained_heads)
-        model.encoder.pooler.requires_grad_("nsp_head" in trained_heads)
+        model.encoder.pooler.requires_grad_("pair_head" in trained_heads)
         for objective in settings.objectives.values():
             objective.setup(model, pieces)
         autocast = autocast_dtype(settings.autocast, device)

@@ -157,11 +157,11 @@ def test_rtd_with_nsp_trains_the_pair_head(alice_corpus, tmp_path):
     config = rtd_config(alice_corpus, tmp_path / "cache", **{"bert_pretraining.max_steps": 2})
     config["bert_pretraining"]["objectives"]["nsp"] = {"@bert_objectives": "spacy_bert_plugin.NSP.v1"}
     trainer = build_trainer(config, tmp_path / "out")
-    before = trainer.model.nsp_head.classifier.weight.detach().clone()
+    before = trainer.model.pair_head.classifier.weight.detach().clone()
     mlm_before = trainer.model.mlm_head.transform.weight.detach().clone()
     metrics = trainer.step()
     assert {"rtd_loss", "nsp_loss", "generator_mlm_loss"} <= set(metrics)
-    assert not torch.equal(before, trainer.model.nsp_head.classifier.weight)
+    assert not torch.equal(before, trainer.model.pair_head.classifier.weight)
     # No objective trains the masked-LM head here.
     assert torch.equal(mlm_before, trainer.model.mlm_head.transform.weight)
     assert numpy.isfinite(metrics["loss"])

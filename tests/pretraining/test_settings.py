@@ -1,12 +1,22 @@
+from importlib.metadata import entry_points
+
 import pytest
 from pretraining_data import PRETRAIN_CFG
 from spacy import util
+from spacy.util import registry
 
 from spacy_bert_plugin.pretraining.settings import SettingsError, read_settings
 
 
 def settings_with(**overrides):
     return read_settings(util.load_config(PRETRAIN_CFG, overrides=overrides, interpolate=True))
+
+
+def test_objectives_come_from_the_spacy_entry_point_group():
+    """Another package's objectives (and ours, from setup.cfg) load from `spacy_bert_objectives`."""
+    assert registry.bert_objectives.entry_point_namespace == "spacy_bert_objectives"
+    names = {entry.name for entry in entry_points(group="spacy_bert_objectives")}
+    assert {f"spacy_bert_plugin.{name}.v1" for name in ("MLM", "NSP", "SOP", "RTD")} <= names
 
 
 def test_shipped_config_validates():

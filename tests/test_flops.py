@@ -1,9 +1,16 @@
+"""benchmarks/flops.py: hand counts, and torch's FLOP counter on our model."""
+
+import sys
+from pathlib import Path
+
 import torch
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from spacy_bert_plugin.bert import BertConfig, BertForPretraining
-from spacy_bert_plugin.bert.flops import (
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+from flops import (  # noqa: E402
     backward_flops,
     encoder_flops,
     head_flops,
@@ -55,7 +62,7 @@ def test_pretraining_flops_match_torch_flop_counter():
         hidden = model.encoder(input_ids)
         selected = hidden.reshape(-1, config.hidden_width)[masked]
         logits = model.mlm_head(selected, model.encoder.embeddings.word.weight)
-        pair_logits = model.nsp_head(model.encoder.pool(hidden))
+        pair_logits = model.pair_head(model.encoder.pool(hidden))
         loss = F.cross_entropy(logits, input_ids.ravel()[masked]) + pair_logits.sum()
         loss.backward()
     assert counter.get_total_flops() == pretraining_flops(config, [10, 10, 10], len(masked), 3)

@@ -1,4 +1,5 @@
-"""Model FLOPs of BERT, counted from a `BertConfig` (plain arithmetic, no torch).
+"""Model FLOPs of BERT, counted from a `BertConfig` (plain arithmetic, no torch), for the
+benchmarks' achieved GFLOP/s.
 
 The count is the matrix products a model needs, whatever an implementation adds: a multiply-add
 is 2 FLOPs; embedding lookups and elementwise work (LayerNorm, GELU, softmax, dropout) are left
@@ -9,7 +10,7 @@ for its weight (or other operand).
 
 from typing import Iterable, Sequence
 
-from .config import BertConfig
+from spacy_bert_plugin.bert.config import BertConfig
 
 
 def linear_flops(rows: int, n_in: int, n_out: int) -> int:

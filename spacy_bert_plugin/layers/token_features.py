@@ -10,15 +10,13 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from spacy.ml.models.tok2vec import MaxoutWindowEncoder, MultiHashEmbed
 from spacy.pipeline.tok2vec import Tok2VecListener
 from spacy.tokens import Doc
-from spacy.util import registry
 from thinc.api import Linear, Model, chain, concatenate, with_array
 from thinc.types import Floats2d
 
 COMBINE_MODES = ("concat", "sum")
 
 
-@registry.architectures("spacy_bert_plugin.BertTokenFeatures.v1")
-def BertTokenFeatures(
+def build_bert_token_features_v1(
     width: int,
     upstream: str = "bert_encoder",
     feature_width: int = 96,

@@ -114,7 +114,7 @@ def test_pretraining_heads_parity(request, fixture):
         expected = reference(**batch)
         hidden = ours.encoder(batch["input_ids"], batch["attention_mask"].bool(), batch["token_type_ids"])
         mlm = ours.mlm_head(hidden, ours.encoder.embeddings.word.weight)
-        nsp = ours.nsp_head(ours.encoder.pool(hidden))
+        nsp = ours.pair_head(ours.encoder.pool(hidden))
     real = batch["attention_mask"].bool()
     # Padded positions are not compared: their values depend on masking conventions only.
     torch.testing.assert_close(mlm[real], expected.prediction_logits[real], atol=1e-4, rtol=0)

@@ -15,7 +15,7 @@ from thinc.api import Adam, Config, Model
 from tiny_bert import alice_paragraphs
 
 from spacy_bert_plugin.layers import get_encoder
-from spacy_bert_plugin.token_features import BertTokenFeatures  # the import registers it too
+from spacy_bert_plugin.layers.token_features import build_bert_token_features_v1
 
 CONLL_DEV = Path(__file__).parents[2] / "shared" / "data" / "conll2003" / "dev.iob"
 WIDTH = 32  # the tiny checkpoints' hidden width
@@ -298,7 +298,7 @@ def test_frozen_encoder_keeps_its_weights(hf_checkpoint):
 def test_output_width(nlp, combine, depth, width):
     """concat: BERT's columns first, then the features; sum: BERT plus the projected features."""
     docs = list(nlp.pipe(alice_paragraphs()[:4]))
-    model = BertTokenFeatures(
+    model = build_bert_token_features_v1(
         WIDTH, feature_width=FEATURE_WIDTH, rows=[100, 50, 50, 50], combine=combine, depth=depth
     )
     model.initialize(X=docs)
@@ -329,4 +329,4 @@ def test_output_width(nlp, combine, depth, width):
 )
 def test_bad_settings_are_refused(settings, message):
     with pytest.raises(ValueError, match=message):
-        BertTokenFeatures(WIDTH, **settings)
+        build_bert_token_features_v1(WIDTH, **settings)

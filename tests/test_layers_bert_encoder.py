@@ -130,4 +130,4 @@ def test_unworkable_settings_are_refused_at_construction(settings, message):
 
 def test_num_heads_error_suggests_a_divisor():
     with pytest.raises(EncoderConfigError, match=r"use a divisor such as 4$"):
-        bert_encoder.BertEncoder(hidden_width=256, num_heads=3)
+        bert_encoder.build_bert_encoder_v1(hidden_width=256, num_heads=3)
