@@ -101,12 +101,13 @@ def test_narrower_student_learns_projections_and_stays_a_bert_checkpoint(alice_c
         tmp_path / "cache",
         teacher,
         {"attention_weight": 1.0},
-        **{"bert_pretraining.max_steps": 20, "bert_pretraining.optimizer.learning_rate": 3e-3},
+        **{"bert_pretraining.max_steps": 40, "bert_pretraining.optimizer.learning_rate": 3e-3},
     )
     config["bert_pretraining"]["objectives"]["mlm"] = MLM
     pretrain(config, out)
     rows = [row for row in read_log(out) if "distill_loss" in row]
-    assert rows[-1]["distill_attention_loss"] < rows[0]["distill_attention_loss"]
+    attention = [row["distill_attention_loss"] for row in rows]
+    assert numpy.mean(attention[-5:]) < 0.9 * numpy.mean(attention[:5])
     assert {"mlm_loss", "distill_mlm_loss", "distill_hidden_loss", "distill_agreement"} <= set(rows[-1])
     assert "eval_distill_agreement" in read_log(out)[-1]
     saved = load_file(out / "model-last" / "objectives.safetensors")
@@ -254,5 +255,6 @@ def test_two_process_ddp_follows_the_single_process_curve(alice_corpus, tmp_path
     two = [row for row in read_log(tmp_path / "ddp") if "distill_loss" in row]
     assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2, 3, 4]
     for a, b in zip(one, two):
+        # Each rank averages over its own masked pieces, so the logged means differ a little.
         for key in ("distill_mlm_loss", "distill_hidden_loss"):
-            assert b[key] == pytest.approx(a[key], rel=1e-3)
+            assert b[key] == pytest.approx(a[key], rel=0.02)
