@@ -1,4 +1,4 @@
-"""Distillation step cost: pieces/s of a `configs/distill-cpu.cfg` step (BERT-Tiny student,
+"""Distillation step cost: pieces/s of a `configs/distill.cfg` step (BERT-Tiny student,
 BERT-Mini teacher) against the same student's masked-LM step (`configs/pretrain-cpu.cfg`), the
 teacher's share of the step, and the share of the matrix-product limit each achieves.
 
@@ -65,7 +65,7 @@ class Arm:
             "bert_pretraining.compile": False,
             **TIMED_RUN,
         }
-        if base == "distill-cpu.cfg":
+        if base == "distill.cfg":
             overrides["paths.teacher"] = str(checkpoint("mini"))
         config = pretraining_config(Path(spec["corpus"]), overrides, SIZES["tiny"], base=base)
         self.trainer = build_trainer(config, self.tmp / "out", stdout=io.StringIO(), dry_run=True)
@@ -130,7 +130,7 @@ class Arm:
 
 def measure(spec: Dict[str, Any]) -> Dict[str, Any]:
     threads = set_threads(spec["threads"])
-    arms = {"distill": Arm("distill-cpu.cfg", spec), "mlm": Arm("pretrain-cpu.cfg", spec)}
+    arms = {"distill": Arm("distill.cfg", spec), "mlm": Arm("pretrain-cpu.cfg", spec)}
     names = list(arms)
     steps: Dict[str, List[Dict[str, Any]]] = {name: [] for name in arms}
     for i in range(spec["warmup"] + spec["steps"]):
@@ -164,7 +164,7 @@ def report(results: Dict[str, Any], spec: Dict[str, Any], info) -> str:
     for name, arm in results["arms"].items():
         rows.append(
             [
-                "distill-cpu.cfg (Tiny <- Mini)" if name == "distill" else "pretrain-cpu.cfg (Tiny, MLM)",
+                "distill.cfg (Tiny <- Mini)" if name == "distill" else "pretrain-cpu.cfg (Tiny, MLM)",
                 f"{arm['tokens_per_s']:,.0f}",
                 f"{statistics.median(results['ratios']):.2f}x" if name == "distill" else "1.00x",
                 percent(arm["teacher_share"]) if name == "distill" else "-",

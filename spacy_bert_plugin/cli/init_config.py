@@ -16,7 +16,7 @@ CONFIGS = {
     "ner": "ner.cfg",
     "textcat": "textcat.cfg",
     "textcat_multilabel": "textcat_multilabel.cfg",
-    "distill": "distill-cpu.cfg",
+    "distill": "distill.cfg",
 }
 CPU_PRETRAIN = "pretrain-cpu.cfg"
 ENCODER_SECTION = "components.bert_encoder.model"
