@@ -275,6 +275,10 @@ def test_raw_text_from_csv_zip(tmp_path):
     assert runner.invoke(prep.app, ["raw-text", str(asset), str(out), "--max-docs", "1"]).exit_code == 0
     assert len(out.read_text(encoding="utf8").splitlines()) == 1
 
+    assert runner.invoke(prep.app, ["raw-text", str(asset), str(out), "--max-words", "3"]).exit_code == 0
+    texts = [json.loads(line)["text"] for line in out.read_text(encoding="utf8").splitlines()]
+    assert texts == ["First article has", "The second article,"]
+
     result = runner.invoke(prep.app, ["raw-text", str(asset), str(out), "--text-column", "body"])
     assert result.exit_code == 1 and "no column 'body'" in result.output
 
