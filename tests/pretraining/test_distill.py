@@ -135,6 +135,25 @@ def test_with_mlm_both_read_the_same_masks(alice_corpus, tmp_path, teacher):
     assert 0.03 < changed < 0.15
 
 
+def test_teacher_runs_in_the_runs_autocast(alice_corpus, tmp_path, teacher):
+    from spacy_bert_plugin.bert.precision import cpu_computes_natively
+
+    if not cpu_computes_natively("bf16"):
+        pytest.skip("this CPU has no bf16 instructions: bf16 autocast runs float32 here")
+    config = distill_config(
+        alice_corpus, tmp_path / "cache", teacher, **{"bert_pretraining.autocast": "bf16"}
+    )
+    trainer = build_trainer(config, tmp_path / "out", dry_run=True)
+    distill = trainer.settings.objectives["distill"]
+    dtypes = []
+    distill.teacher.encoder.layers[0].intermediate.register_forward_hook(
+        lambda m, i, out: dtypes.append(out.dtype)
+    )
+    assert numpy.isfinite(trainer.step()["distill_loss"])
+    assert dtypes == [torch.bfloat16]
+    assert not any(p.requires_grad for p in distill.teacher.parameters())
+
+
 def expect_one_line(error, *fragments):
     message = str(error.value)
     assert "\n" not in message
