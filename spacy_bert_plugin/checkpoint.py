@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
@@ -23,15 +23,12 @@ from .bert.config import BertConfig
 from .bert.encoder import BertEncoder
 from .bert.heads import BertForPretraining
 from .bert.hf import from_hf_state, key_pairs, to_hf_state
-from .pieces import WordPieces
+from .errors import CheckpointError
+from .pieces import MAX_JSON_BYTES, WordPieces, read_small_text
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
 PICKLE_FILE = "pytorch_model.bin"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder that cannot be used; the message names the file and the problem."""
 
 
 # model_type values of models that are not BERT, named as their authors write them.
@@ -93,14 +90,7 @@ class Checkpoint:
         return model
 
     def _load_into(self, module: nn.Module, state: Dict[str, Tensor]) -> None:
-        expected = module.state_dict()
-        for key, value in state.items():
-            if value.shape != expected[key].shape:
-                raise CheckpointError(
-                    f"{self.weights_path}: {key} has shape {tuple(value.shape)} but "
-                    f"{self.folder / CONFIG_FILE} implies {tuple(expected[key].shape)}"
-                )
-        module.load_state_dict(state, strict=False)
+        module.load_state_dict(state, strict=False)  # read_checkpoint checked the shapes
 
 
 def load_encoder(
@@ -142,7 +132,19 @@ def read_checkpoint(
             f"{folder / 'vocab.txt'} has {pieces.vocab_size} pieces but {folder / CONFIG_FILE} says "
             f"vocab_size={config.vocab_size}: the vocabulary does not belong to these weights"
         )
-    weights_path, hf_state = read_weights(folder)
+    # Every size in config.json is checked against the weights' shapes on the meta device (no
+    # memory) before a tensor is read or a model made: a wrong size cannot allocate gigabytes.
+    weights_path, hf_state = read_weights(folder, shapes_only=True)
+    _check_weights(folder, config, weights_path, {key: value.to("meta") for key, value in hf_state.items()})
+    if any(value.is_meta for value in hf_state.values()):
+        hf_state = read_weights(folder)[1]
+    state, _, _ = from_hf_state(hf_state, config.num_layers)
+    return Checkpoint(folder, config, pieces, weights_path, state)
+
+
+def _check_weights(folder: Path, config: BertConfig, weights_path: Path, hf_state: Dict[str, Tensor]) -> None:
+    """That the weights (meta tensors) fit `config` exactly: no encoder weight missing, none
+    left over, every shape the one config.json implies."""
     layers = {int(match.group(1)) for match in map(HF_LAYER_KEY.match, hf_state) if match}
     if layers and max(layers) + 1 != config.num_layers:
         raise CheckpointError(
@@ -167,16 +169,25 @@ def read_checkpoint(
             f"{weights_path} holds encoder weights that {folder / CONFIG_FILE} has no place for "
             f"({len(unused_encoder)}, e.g. {unused_encoder[:3]}); is it a BERT checkpoint?"
         )
-    return Checkpoint(folder, config, pieces, weights_path, state)
+    with torch.device("meta"):
+        expected = BertForPretraining(config).state_dict()
+    for key, value in state.items():
+        if value.shape != expected[key].shape:
+            raise CheckpointError(
+                f"{weights_path}: {key} has shape {tuple(value.shape)} but "
+                f"{folder / CONFIG_FILE} implies {tuple(expected[key].shape)}"
+            )
 
 
 def read_config(path: Path) -> BertConfig:
     if not path.exists():
         raise CheckpointError(f"{path} is missing: a BERT checkpoint folder needs its config.json")
     try:
-        hf_config = json.loads(path.read_text(encoding="utf8"))
+        hf_config = json.loads(read_small_text(path, MAX_JSON_BYTES))
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path} is not valid JSON ({err}); the file may be truncated") from err
+    except ValueError as err:
+        raise CheckpointError(str(err)) from err
     if not isinstance(hf_config, dict):
         raise CheckpointError(f"{path} should hold a JSON object, not a {type(hf_config).__name__}")
     what = _other_model(hf_config)
@@ -184,6 +195,11 @@ def read_config(path: Path) -> BertConfig:
         raise CheckpointError(
             f'{path}: this is {what} checkpoint; bert_encoder reads BERT (model_type "bert"): use a '
             "BERT checkpoint, or spacy-transformers' transformer component for this one"
+        )
+    if hf_config.get("is_decoder"):
+        raise CheckpointError(
+            f"{path}: is_decoder = true, a decoder (BertLMHeadModel) whose attention is causal; a "
+            "bert_encoder attends both ways: use an encoder checkpoint (is_decoder false)"
         )
     try:
         return BertConfig.from_hf(hf_config)
@@ -205,12 +221,19 @@ def _other_model(hf_config: Dict) -> Optional[str]:
     return f"{'an' if other[0][0] in 'AEIOU' else 'a'} {other[0]}"
 
 
-def read_weights(folder: Path) -> Tuple[Path, Dict[str, Tensor]]:
-    """Load tensors without ever running pickled code: safetensors, else `weights_only` torch.load."""
+def read_weights(folder: Path, *, shapes_only: bool = False) -> Tuple[Path, Dict[str, Tensor]]:
+    """Load tensors without ever running pickled code: safetensors, else `weights_only` torch.load.
+    `shapes_only`: safetensors as meta tensors read from the header alone (no data; a pickle has
+    no header, and is read whole)."""
     path = folder / SAFETENSORS_FILE
     if path.exists():
         try:
-            return path, load_file(path)
+            if not shapes_only:
+                return path, load_file(path)
+            with safe_open(path, "pt") as file:
+                return path, {
+                    key: torch.empty(file.get_slice(key).get_shape(), device="meta") for key in file.keys()
+                }
         except (SafetensorError, OSError) as err:
             raise CheckpointError(f"{path} cannot be read ({err}); the file is truncated or corrupt") from err
     path = folder / PICKLE_FILE

@@ -17,6 +17,10 @@ PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]
 # Words longer than this become [UNK], as in BERT.
 MAX_CHARS_PER_WORD = 100
+# The most a vocab.txt or a JSON settings file may hold: far above real ones (a 250,000-piece
+# vocabulary is about 3 MB), and a bound on what a wrong or hostile file makes us read.
+MAX_VOCAB_BYTES = 64 * 2**20
+MAX_JSON_BYTES = 2**20
 # Runs of characters that could make a word longer than MAX_CHARS_PER_WORD: whatever the normalizer
 # does, BERT's pre-tokenization ends a word at ASCII whitespace and the Unicode space separators (Zs).
 _LONG_RUN = re.compile(f"[^ \t\n\r\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]{{{MAX_CHARS_PER_WORD + 1},}}")
@@ -144,11 +148,16 @@ class WordPieces:
             raise FileNotFoundError(
                 f"{vocab_path} is missing: a BERT checkpoint folder needs its WordPiece vocabulary"
             )
-        lines = vocab_path.read_text(encoding="utf8").splitlines()
+        # One piece a line, lines ended by "\n" (or "\r\n", "\r") as transformers reads them:
+        # str.splitlines() would also split pieces holding U+2028, U+0085, \x0b, \x1c...
+        text = read_small_text(vocab_path, MAX_VOCAB_BYTES)
+        lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        if lines[-1] == "":
+            lines.pop()
         vocab = {token: i for i, token in enumerate(lines)}
         config_path = folder / "tokenizer_config.json"
         try:
-            config = json.loads(config_path.read_text(encoding="utf8")) if config_path.exists() else {}
+            config = json.loads(read_small_text(config_path, MAX_JSON_BYTES)) if config_path.exists() else {}
         except json.JSONDecodeError as err:
             raise ValueError(f"{config_path} is not valid JSON ({err}); the file may be truncated") from err
         if not isinstance(config, dict):
@@ -162,3 +171,20 @@ class WordPieces:
             )
         except ValueError as err:
             raise ValueError(f"{vocab_path}: {err}") from err
+
+
+def read_small_text(path: Path, max_bytes: int) -> str:
+    """A UTF-8 file of at most `max_bytes`; a ValueError naming the file otherwise."""
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a file: put the file there")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ValueError(
+            f"{path} holds {size:,} bytes, more than such a file ever needs ({max_bytes:,}): "
+            "is it the right file?"
+        )
+    data = path.read_bytes()
+    try:
+        return data.decode("utf8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 (byte {err.start}): save it as UTF-8") from None

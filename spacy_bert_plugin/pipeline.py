@@ -21,18 +21,28 @@ from thinc.api import Model, Optimizer
 from thinc.types import Floats2d
 
 from . import __version__
-from .checkpoint import CheckpointError, load_encoder, save_checkpoint
-from .layers import EncoderConfigError, dropout_rates, get_encoder, new_random_encoder, set_encoder
+from .checkpoint import load_encoder, read_checkpoint, save_checkpoint
+from .errors import COMPONENT, CheckpointError, EncoderConfigError
+from .layers import (
+    check_checkpoint_sizes,
+    dropout_rates,
+    fused_adam_applies,
+    fused_adam_update,
+    get_encoder,
+    new_random_encoder,
+    set_encoder,
+)
 from .pieces import WordPieces
 
 DEFAULT_BERT_MODEL = """
 [model]
 @architectures = "spacy_bert_plugin.BertEncoder.v1"
-hidden_width = 256
-num_layers = 4
-num_heads = 4
-intermediate_width = 1024
-max_positions = 512
+# Sizes: null takes the checkpoint's (without one, the layer's RANDOM_MODEL_SIZES); a size set must be it.
+hidden_width = null
+num_layers = null
+num_heads = null
+intermediate_width = null
+max_positions = null
 dropout = 0.1
 attention_dropout = 0.1
 pooling = "mean"
@@ -44,6 +54,8 @@ quantize = null
 """
 DEFAULT_MODEL_CONFIG = util.load_config_from_str(DEFAULT_BERT_MODEL)["model"]
 
+# The component's checkpoint folder within its folder of a saved pipeline.
+MODEL_FOLDER = "model"
 # Docs read from the training data to learn a WordPiece vocabulary when no checkpoint is given.
 MAX_VOCAB_TRAINING_DOCS = 100_000
 # The 5 special pieces and a basic alphabet (letters, digits, punctuation, their ## forms).
@@ -51,7 +63,7 @@ MIN_VOCAB_SIZE = 100
 
 
 @Language.factory(
-    "bert_encoder",
+    COMPONENT,
     assigns=["doc.tensor"],
     default_config={
         "model": DEFAULT_MODEL_CONFIG,
@@ -98,7 +110,7 @@ class BertEncoderComponent(Tok2Vec):
         self,
         vocab: Vocab,
         model: Model,
-        name: str = "bert_encoder",
+        name: str = COMPONENT,
         *,
         checkpoint: Optional[str] = None,
         vocab_size: int = 8000,
@@ -145,7 +157,9 @@ class BertEncoderComponent(Tok2Vec):
         vocabulary from the examples' texts and start from random weights."""
         checkpoint = checkpoint if checkpoint is not None else self.cfg["checkpoint"]
         if checkpoint is not None:
-            encoder, pieces = load_encoder(checkpoint, **dropout_rates(self.model))
+            read = read_checkpoint(checkpoint, **dropout_rates(self.model))
+            check_checkpoint_sizes(self.model, read.config, str(checkpoint))
+            encoder, pieces = read.encoder(), read.pieces
         else:
             validate_get_examples(get_examples, "BertEncoderComponent.initialize")
             texts = (eg.reference.text for eg in islice(get_examples(), MAX_VOCAB_TRAINING_DOCS))
@@ -197,21 +211,29 @@ class BertEncoderComponent(Tok2Vec):
         if self.is_frozen:
             return
         scale = self.cfg["learn_rate_scale"]
-        super().finish_update(sgd if scale == 1.0 else partial(sgd, lr_scale=scale))
+        device = next(get_encoder(self.model).parameters()).device
+        if not fused_adam_applies(sgd, device):  # RAdam, SGD, a GPU: thinc's steps, weight by weight
+            super().finish_update(sgd if scale == 1.0 else partial(sgd, lr_scale=scale))
+            return
+        # Adam on the CPU: thinc's steps, all the encoder's weights in one fused torch kernel call.
+        for node in self.model.walk():
+            for shim in node.shims:
+                fused_adam_update(shim, sgd, lr_scale=scale)
 
     @property
     def is_frozen(self) -> bool:
         """Whether the current update leaves the encoder's weights as they are."""
         return self.cfg["frozen"] or self.updates <= self.cfg["frozen_steps"]
 
-    # The weights and vocabulary are stored as a checkpoint folder in HF format, so a saved
-    # pipeline never needs the folder it was initialized from.
+    # The weights and vocabulary are stored as a checkpoint folder in HF format (see
+    # `saved_model_folder`), so a saved pipeline never needs the folder it was initialized from.
 
     def to_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> None:
+        encoder = get_encoder(self.model)  # before anything is written: no half-saved folder
         serialize = {
             "cfg": lambda p: srsly.write_json(p, self.cfg),
             "vocab": lambda p: self.vocab.to_disk(p, exclude=exclude),
-            "model": lambda p: save_checkpoint(p, get_encoder(self.model), self.model.attrs["pieces"]),
+            MODEL_FOLDER: lambda p: save_checkpoint(p, encoder, self.model.attrs["pieces"]),
         }
         util.to_disk(path, serialize, exclude)
 
@@ -222,7 +244,7 @@ class BertEncoderComponent(Tok2Vec):
         deserialize = {
             "cfg": lambda p: self._load_cfg(srsly.read_json(p), p),
             "vocab": lambda p: self.vocab.from_disk(p, exclude=exclude),
-            "model": self._load_model,
+            MODEL_FOLDER: self._load_model,
         }
         util.from_disk(path, deserialize, exclude)
         return self
@@ -252,6 +274,11 @@ class BertEncoderComponent(Tok2Vec):
 
     def _load_model(self, path: Path) -> None:
         set_encoder(self.model, *load_encoder(path, **dropout_rates(self.model)))
+
+
+def saved_model_folder(pipeline: Union[str, Path], name: str = COMPONENT) -> Path:
+    """The checkpoint folder of the component `name` in a saved pipeline folder."""
+    return Path(pipeline) / name / MODEL_FOLDER
 
 
 def _read_tree(root: Path) -> Dict[str, bytes]:

@@ -79,7 +79,7 @@ def test_missing_config(folder):
     [
         ("truncated", "not valid JSON"),
         ("[1, 2]", "JSON object"),
-        ('{"hidden_size": 32}', "lacks the key 'vocab_size'"),
+        ('{"hidden_size": 32}', "lacks the key 'num_hidden_layers'"),
         ("invalid-size", "invalid literal"),
         ("bad-heads", "num_attention_heads = 5 does not divide hidden_size = 32"),
         ("bad-activation", "hidden_act"),
@@ -337,3 +337,66 @@ def test_buffers_and_task_heads_are_not_read(hf_checkpoint, tmp_path):
     encoder, _ = load_encoder(target)
     reference = transformers.BertModel.from_pretrained(hf_checkpoint)
     assert torch.equal(encoder.embeddings.word.weight, reference.embeddings.word_embeddings.weight)
+
+
+def test_decoder_checkpoint_is_refused_by_name(folder):
+    """A BertLMHeadModel folder attends causally; read as an encoder its vectors would differ."""
+    edit_config(folder, is_decoder=True, architectures=["BertLMHeadModel"])
+    assert "is_decoder = true" in load_error(folder)
+
+
+@pytest.mark.parametrize("eps", [0.0, -1e-12])
+def test_layer_norm_eps_must_be_above_zero(folder, eps):
+    edit_config(folder, layer_norm_eps=eps)
+    assert f"layer_norm_eps = {eps} must be above 0" in load_error(folder)
+
+
+@pytest.mark.parametrize("trained", [1, 65])
+def test_bad_trained_positions_are_named(folder, trained):
+    edit_config(folder, trained_positions=trained)
+    assert f"trained_positions = {trained} must be between 3" in load_error(folder)
+
+
+@pytest.mark.parametrize(
+    "key, size, weight",
+    [
+        ("vocab_size", 10**7, "encoder.embeddings.word.weight"),
+        ("hidden_size", 10**6, "encoder.embeddings.word.weight"),
+        ("intermediate_size", 10**7, "encoder.layers.0.intermediate.weight"),
+        ("max_position_embeddings", 10**7, "encoder.embeddings.position.weight"),
+    ],
+)
+def test_hostile_sizes_are_checked_against_the_weights_before_allocating(folder, key, size, weight):
+    """Each would take gigabytes (hidden_size 10**6: 400 GB) were the model made before the check."""
+    edit_config(folder, **{key: size})
+    message = load_error(folder)
+    assert message.startswith(f"{folder / 'model.safetensors'}: {weight} has shape")
+    assert str(size) in message
+
+
+@pytest.mark.parametrize("size", [10**9, 10**30])
+def test_absurd_sizes_are_refused_by_key(folder, size):
+    edit_config(folder, vocab_size=size)
+    assert f"config.json: vocab_size = {size} is beyond any BERT's size" in load_error(folder)
+
+
+@pytest.mark.parametrize("problem", ["folder", "huge", "not-utf8"])
+def test_unreadable_config_json_is_named(folder, problem):
+    path = folder / "config.json"
+    path.unlink()
+    if problem == "folder":
+        path.mkdir()
+        expected = "config.json is a folder"
+    elif problem == "huge":  # sparse: no disk space, and never read
+        with open(path, "wb") as file:
+            file.truncate(3 * 2**30)
+        expected = "config.json holds 3,221,225,472 bytes"
+    else:
+        path.write_bytes(b'{"vocab_size": "\xff"}')
+        expected = "config.json is not UTF-8"
+    assert expected in load_error(folder)
+
+
+def test_unreadable_vocab_in_a_checkpoint_names_the_file(folder):
+    (folder / "vocab.txt").write_bytes((folder / "vocab.txt").read_bytes() + b"caf\xe9\n")
+    assert f"{folder / 'vocab.txt'} is not UTF-8" in load_error(folder)

@@ -162,6 +162,17 @@ def test_init_config_errors_and_stdout(tmp_path):
     assert config_text("pretrain", cpu=True) == (CONFIG_DIR / "pretrain-cpu.cfg").read_text()
 
 
+def test_init_config_without_the_configs_link_says_so(tmp_path, monkeypatch):
+    """A checkout without symbolic links has a file where the link to configs/ should be."""
+    package = tmp_path / "spacy_bert_plugin"
+    package.mkdir()
+    (package / "configs").write_text("../configs")
+    monkeypatch.setattr("spacy_bert_plugin.cli.init_config.files", lambda name: package)
+    result = runner.invoke(app, ["bert-init-config", "ner", str(tmp_path / "ner.cfg")])
+    assert result.exit_code == 1
+    assert "Cannot read the packaged config" in result.output and "core.symlinks" in result.output
+
+
 def test_init_config_entry_point_in_a_fresh_interpreter():
     result = run_python("-m", "spacy", "bert-init-config", "pretrain", "-", "--cpu")
     assert result.stdout == (CONFIG_DIR / "pretrain-cpu.cfg").read_text()

@@ -9,6 +9,7 @@ from tiny_bert import alice_paragraphs, bert_nlp
 
 from spacy_bert_plugin.checkpoint import read_weights
 from spacy_bert_plugin.layers import EncoderConfigError, bert_encoder, get_encoder
+from spacy_bert_plugin.pipeline import DEFAULT_MODEL_CONFIG
 
 transformers = pytest.importorskip("transformers")
 
@@ -130,4 +131,5 @@ def test_unworkable_settings_are_refused_at_construction(settings, message):
 
 def test_num_heads_error_suggests_a_divisor():
     with pytest.raises(EncoderConfigError, match=r"use a divisor such as 4$"):
-        bert_encoder.build_bert_encoder_v1(hidden_width=256, num_heads=3)
+        settings = {key: value for key, value in DEFAULT_MODEL_CONFIG.items() if key != "@architectures"}
+        bert_encoder.build_bert_encoder_v1(**{**settings, "hidden_width": 256, "num_heads": 3})

@@ -17,7 +17,6 @@ from tiny_bert import alice_paragraphs
 from spacy_bert_plugin.layers import get_encoder
 from spacy_bert_plugin.layers.token_features import build_bert_token_features_v1
 
-CONLL_DEV = Path(__file__).parents[2] / "shared" / "data" / "conll2003" / "dev.iob"
 WIDTH = 32  # the tiny checkpoints' hidden width
 FEATURE_WIDTH = 16
 COMPONENTS = ["ner", "tagger", "textcat", "textcat_multilabel", "spancat"]
@@ -133,13 +132,11 @@ TOK2VEC
 """.replace("TOK2VEC", TOK2VEC.strip())
 
 
-def conll_docs(vocab, limit: int) -> List[Doc]:
+def conll_docs(path: Path, vocab, limit: int) -> List[Doc]:
     """The first `limit` sentences of CoNLL-2003 dev: POS tags, entities (also as spans for
     spancat), an exclusive ENTITY / NONE category and a multi-label category per entity type."""
-    if not CONLL_DEV.exists():
-        pytest.skip(f"{CONLL_DEV} is absent: the training tests read CoNLL-2003")
     sentences: List[List[List[str]]] = [[]]
-    with CONLL_DEV.open(encoding="utf8") as file:
+    with path.open(encoding="utf8") as file:
         for line in file:
             if line.startswith("-DOCSTART-"):
                 continue
@@ -214,7 +211,7 @@ def token_features(model: Model) -> Model:
     ],
     ids=lambda param: f"{param[0]}-{param[1]}-depth{param[2]}",
 )
-def trained(request, hf_checkpoint) -> Tuple[Language, Dict[str, List[float]], List[Example]]:
+def trained(request, hf_checkpoint, shared_data) -> Tuple[Language, Dict[str, List[float]], List[Example]]:
     """A pipeline of bert_encoder and one component, trained 16 steps on 32 CoNLL-2003 sentences."""
     component, combine, depth = request.param
     overrides = {
@@ -224,7 +221,7 @@ def trained(request, hf_checkpoint) -> Tuple[Language, Dict[str, List[float]], L
     }
     spacy.util.fix_random_seed(0)
     nlp = make_nlp(hf_checkpoint, overrides)
-    examples = make_examples(nlp, conll_docs(nlp.vocab, 32), component)
+    examples = make_examples(nlp, conll_docs(shared_data("conll2003/dev.iob"), nlp.vocab, 32), component)
     nlp.initialize(lambda: examples)
     history = train(nlp, examples, steps=16, batch_size=16)
     return nlp, history, examples
@@ -267,12 +264,12 @@ def test_saved_pipeline_predicts_the_same(trained, tmp_path):
             numpy.testing.assert_allclose(before["span_scores"], after["span_scores"], atol=1e-5)
 
 
-def test_frozen_encoder_keeps_its_weights(hf_checkpoint):
+def test_frozen_encoder_keeps_its_weights(hf_checkpoint, shared_data):
     spacy.util.fix_random_seed(0)
     nlp = make_nlp(
         hf_checkpoint, {"components.bert_encoder.frozen": True, "nlp.pipeline": ["bert_encoder", "ner"]}
     )
-    examples = make_examples(nlp, conll_docs(nlp.vocab, 32), "ner")
+    examples = make_examples(nlp, conll_docs(shared_data("conll2003/dev.iob"), nlp.vocab, 32), "ner")
     nlp.initialize(lambda: examples)
     encoder_before = {
         k: v.clone() for k, v in get_encoder(nlp.get_pipe("bert_encoder").model).state_dict().items()

@@ -148,3 +148,38 @@ def test_from_disk_errors_name_the_file(tmp_path):
     (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\nhello\n")
     with pytest.raises(ValueError, match=r"vocab\.txt.*\[CLS\]"):
         WordPieces.from_disk(tmp_path)
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u0085", "\x0b", "\x0c", "\x1c", "\x1e"])
+def test_vocab_lines_end_at_newlines_only_as_in_hf(tmp_path, separator):
+    """A piece holding a character str.splitlines() splits at keeps its one line, so every
+    later piece keeps its id (as transformers reads vocab.txt)."""
+    pieces = WordPieces.train(alice_paragraphs(), vocab_size=300)
+    lines = pieces.vocab_list()
+    lines.insert(10, f"odd{separator}piece")
+    (tmp_path / "vocab.txt").write_text("\n".join(lines) + "\n", encoding="utf8")
+    ours = WordPieces.from_disk(tmp_path)
+    hf = transformers.BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    assert ours.tokenizer.get_vocab() == hf.get_vocab()
+    assert ours.vocab_size == len(lines)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"[PAD]\n[UNK]\xff\n", r"vocab\.txt is not UTF-8"),
+        ("folder", r"vocab\.txt is a folder"),
+        ("huge", r"vocab\.txt holds 3,221,225,472 bytes"),
+    ],
+)
+def test_unreadable_vocab_is_named(tmp_path, content, message):
+    path = tmp_path / "vocab.txt"
+    if content == "folder":
+        path.mkdir()
+    elif content == "huge":  # sparse: no disk space, and never read
+        with open(path, "wb") as file:
+            file.truncate(3 * 2**30)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        WordPieces.from_disk(tmp_path)

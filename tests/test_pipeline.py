@@ -190,6 +190,15 @@ def test_uninitialized_component_says_so():
         nlp("Alice")
 
 
+def test_to_disk_before_initialize_writes_nothing(tmp_path):
+    """It once wrote cfg and vocab, then failed: a half-saved folder."""
+    nlp = spacy.blank("en")
+    component = nlp.add_pipe("bert_encoder")
+    with pytest.raises(EncoderConfigError, match=r"no weights yet: call nlp.initialize\(\) first"):
+        component.to_disk(tmp_path / "bert_encoder")
+    assert not (tmp_path / "bert_encoder").exists()
+
+
 def test_initialize_checkpoint_overrides_factory_setting(nlp, hf_checkpoint, hf_checkpoint_bin):
     config = spacy.util.load_config_from_str(CONFIG.format(factory_checkpoint=f'"{hf_checkpoint_bin}"'))
     from_factory = spacy.util.load_model_from_config(config, auto_fill=True)
@@ -256,7 +265,7 @@ def test_tokens_without_pieces_get_zero_vectors(nlp, hf_checkpoint):
 
 def test_listener_width_mismatch_is_actionable(hf_checkpoint):
     nlp = spacy.blank("en")
-    nlp.add_pipe("bert_encoder", config={"checkpoint": str(hf_checkpoint)})  # model says 256
+    nlp.add_pipe("bert_encoder", config={"checkpoint": str(hf_checkpoint)})  # hidden_width null
     listener = {"@architectures": "spacy.Tok2VecListener.v1", "width": 256, "upstream": "bert_encoder"}
     nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": listener}})
     doc = nlp.make_doc("Alice ran")
@@ -334,16 +343,42 @@ def test_initialize_leaves_the_configured_settings_alone(hf_checkpoint):
     """The architecture's BertConfig stays as configured: a checkpoint's sizes or a learnt
     vocabulary go into the encoder's own config, so initializing again starts from the settings."""
     nlp = spacy.blank("en")
-    nlp.add_pipe("bert_encoder", config={"vocab_size": 300, "model": TINY_MODEL})
+    model = {**TINY_MODEL, "num_layers": None, "num_heads": None}  # null: the checkpoint's
+    nlp.add_pipe("bert_encoder", config={"vocab_size": 300, "model": model})
     component = nlp.get_pipe("bert_encoder")
     configured = component.model.attrs["bert_config"]
     component.initialize(checkpoint=hf_checkpoint)
     assert get_encoder(component.model).config.num_layers == 2  # the checkpoint's
     component.initialize(lambda: alice_examples(nlp))
     encoder = get_encoder(component.model)
-    assert encoder.config.num_layers == 1 and encoder.config.vocab_size <= 300
+    assert encoder.config.num_layers == 4 and encoder.config.vocab_size <= 300  # BertConfig's default
     assert component.model.attrs["bert_config"] is configured
-    assert (configured.num_layers, configured.vocab_size) == (1, 30522)
+    assert (configured.num_layers, configured.vocab_size) == (4, 30522)
+
+
+def test_sizes_that_differ_from_the_checkpoint_are_named(hf_checkpoint):
+    """A size set in the model config is never dropped silently: each one that differs from the
+    checkpoint's is named (TINY_MODEL: 1 layer and 2 heads, the checkpoint 2 and 4)."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("bert_encoder", config={"checkpoint": str(hf_checkpoint), "model": TINY_MODEL})
+    with pytest.raises(EncoderConfigError) as info:
+        nlp.initialize()
+    message = str(info.value)
+    assert message.startswith(
+        "[components.bert_encoder.model] num_layers = 1, num_heads = 2, but the checkpoint"
+    )
+    assert message.endswith(
+        "has num_layers = 2, num_heads = 4: set these to the checkpoint's, or null (take the checkpoint's)"
+    )
+    assert "hidden_width" not in message and "\n" not in message
+    # Listeners take their width from hidden_width: the fix is the checkpoint's, not null.
+    wide = spacy.blank("en")
+    wide_model = {**TINY_MODEL, "hidden_width": 64}
+    wide.add_pipe("bert_encoder", config={"checkpoint": str(hf_checkpoint), "model": wide_model})
+    with pytest.raises(
+        EncoderConfigError, match=r"hidden_width = 64, num_layers = 1, .* to the checkpoint's$"
+    ):
+        wide.initialize()
 
 
 def test_non_bert_checkpoint_is_refused_at_initialize(hf_checkpoint, tmp_path):
@@ -407,7 +442,7 @@ def listening_textcat(hf_checkpoint, **encoder_settings):
     initialized on Alice paragraphs labelled A and B in turn."""
     spacy.util.fix_random_seed(0)
     nlp = spacy.blank("en")
-    model = {**TINY_MODEL, "dropout": 0.0, "attention_dropout": 0.0}
+    model = {"@architectures": TINY_MODEL["@architectures"], "dropout": 0.0, "attention_dropout": 0.0}
     nlp.add_pipe(
         "bert_encoder", config={"model": model, "checkpoint": str(hf_checkpoint), **encoder_settings}
     )
@@ -495,3 +530,24 @@ def test_bad_schedule_settings_are_named(setting, value, message):
     with pytest.raises(EncoderConfigError) as info:
         spacy.blank("en").add_pipe("bert_encoder", config={setting: value})
     assert str(info.value).startswith(f"[components.bert_encoder] {message}")
+
+
+def test_replace_listeners_is_refused_at_the_call_and_changes_nothing(hf_checkpoint, tmp_path):
+    """A replaced listener once saved fine and failed at spacy.load ("mismatched structure")."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("bert_encoder", config={"checkpoint": str(hf_checkpoint)})
+    listener = {"@architectures": "spacy.Tok2VecListener.v1", "width": 32, "upstream": "bert_encoder"}
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": listener}})
+    doc = nlp.make_doc("Alice ran")
+    doc[0].tag_, doc[1].tag_ = "NNP", "VBD"
+    nlp.initialize(lambda: [Example(nlp.make_doc("Alice ran"), doc)])
+    with pytest.raises(
+        EncoderConfigError, match=r"^nlp.replace_listeners\(\) is not supported for a bert_encoder"
+    ):
+        nlp.replace_listeners("bert_encoder", "tagger", ["model.tok2vec"])
+    assert (
+        nlp.config["components"]["tagger"]["model"]["tok2vec"]["@architectures"] == "spacy.Tok2VecListener.v1"
+    )
+    nlp.to_disk(tmp_path / "pipeline")
+    loaded = spacy.load(tmp_path / "pipeline")
+    assert_same_vectors(vectors(nlp), vectors(loaded))

@@ -17,7 +17,6 @@ from spacy.training.converters import conll_ner_to_docs
 from spacy.util import registry
 from tiny_bert import REPO_ROOT
 
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 TINY_ENCODER = {
     "components.bert_encoder.model.hidden_width": 32,
     "components.bert_encoder.model.num_layers": 1,
@@ -29,10 +28,7 @@ N_GOLD, N_DEV, N_UNLABELED = 60, 20, 40
 STEPS = 30
 
 
-def conll_docs() -> List[Doc]:
-    path = SHARED_DATA / "conll2003" / "train.iob"
-    if not path.exists():
-        pytest.skip(f"{path} is absent (the shared data folder)")
+def conll_docs(path: Path) -> List[Doc]:
     blocks = path.read_text(encoding="utf8").split("\n\n")
     sentences = [block for block in blocks if block.strip() and not block.startswith("-DOCSTART-")]
     docs = list(
@@ -42,10 +38,7 @@ def conll_docs() -> List[Doc]:
     return docs
 
 
-def sst2_docs() -> List[Doc]:
-    path = SHARED_DATA / "sst2" / "train.jsonl"
-    if not path.exists():
-        pytest.skip(f"{path} is absent (the shared data folder)")
+def sst2_docs(path: Path) -> List[Doc]:
     nlp = spacy.blank("en")
     docs = []
     for line in path.read_text(encoding="utf8").splitlines()[: N_GOLD + N_DEV + N_UNLABELED]:
@@ -118,8 +111,8 @@ def mixed(nlp, labelled: Path, tmp_path: Path, **settings) -> List[Example]:
 
 
 @pytest.mark.slow
-def test_ner_student_trains_on_gold_and_teacher_entities(tmp_path):
-    labelled = distill_task(tmp_path, "ner.cfg", conll_docs())
+def test_ner_student_trains_on_gold_and_teacher_entities(shared_data, tmp_path):
+    labelled = distill_task(tmp_path, "ner.cfg", conll_docs(shared_data("conll2003/train.iob")))
     nlp, saved, direct = applied_and_direct(tmp_path)
     assert len(saved) == N_UNLABELED
     # spacy apply keeps the entities, "O" included: the teacher's docs are fully annotated.
@@ -134,8 +127,8 @@ def test_ner_student_trains_on_gold_and_teacher_entities(tmp_path):
 
 
 @pytest.mark.slow
-def test_textcat_student_trains_on_the_teacher_decisions(tmp_path):
-    labelled = distill_task(tmp_path, "textcat.cfg", sst2_docs())
+def test_textcat_student_trains_on_the_teacher_decisions(shared_data, tmp_path):
+    labelled = distill_task(tmp_path, "textcat.cfg", sst2_docs(shared_data("sst2/train.jsonl")))
     nlp, saved, direct = applied_and_direct(tmp_path)
     # spacy apply keeps doc.cats: the teacher's probabilities, not 0/1 decisions.
     for got, expected in zip(saved, direct):

@@ -25,7 +25,6 @@ from spacy_bert_plugin.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 MAX_STEPS = 24
 FROZEN_STEPS = 8
 
@@ -295,11 +294,11 @@ def test_debug_data_on_the_shipped_ner_config(tmp_path):
     assert result.returncode == 1 and "1 error" in output, output
 
 
-def imdb_two_label_sets(folder: Path, n_docs: int, max_tokens: int) -> None:
+def imdb_two_label_sets(imdb_train: Path, folder: Path, n_docs: int, max_tokens: int) -> None:
     """IMDB reviews with two real, non-exclusive label sets: POSITIVE (the review's label) and
     EXTREME (a rating of 1 or 10 stars); every combination occurs. First `max_tokens` tokens."""
     nlp = spacy.blank("en")
-    with gzip.open(SHARED_DATA / "imdb" / "train.jsonl.gz", "rt", encoding="utf8") as lines:
+    with gzip.open(imdb_train, "rt", encoding="utf8") as lines:
         rows = [json.loads(line) for line in lines]
     docs = []
     for row in random.Random(0).sample(rows, n_docs):
@@ -311,13 +310,12 @@ def imdb_two_label_sets(folder: Path, n_docs: int, max_tokens: int) -> None:
     DocBin(docs=docs[:10]).to_disk(folder / "dev.spacy")
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "imdb").exists(), reason=f"needs the IMDB data in {SHARED_DATA}")
-def test_textcat_multilabel_cfg_learns_two_label_sets(tmp_path):
+def test_textcat_multilabel_cfg_learns_two_label_sets(shared_data, tmp_path):
     """configs/textcat_multilabel.cfg on 120 real reviews: the labels are scored independently and
     the training set is learnt (a tiny encoder does not generalise from 120 reviews in 40 steps)."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    imdb_two_label_sets(corpus, 120, 48)
+    imdb_two_label_sets(shared_data("imdb/train.jsonl.gz"), corpus, 120, 48)
     overrides = {
         **shipped_config_overrides(corpus, 40),
         "training.optimizer.learn_rate.total_steps": 40,

@@ -22,11 +22,15 @@ HF_CONFIG_KEYS = {
 
 @dataclass
 class BertConfig:
+    """The model's shape has no default here: the configs hold it (and the bert_encoder
+    component's default config). The other defaults are Hugging Face's, for a config.json without
+    the key; `vocab_size` is set from the vocabulary once it is known."""
+
+    hidden_width: int
+    num_layers: int
+    num_heads: int
+    intermediate_width: int
     vocab_size: int = 30522
-    hidden_width: int = 256
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_width: int = 1024
     max_positions: int = 512
     type_vocab_size: int = 2
     dropout: float = 0.1
@@ -60,7 +64,13 @@ class BertConfig:
                 values[field.name] = (
                     float(hf_config[hf_key]) if field.type is float else int(hf_config[hf_key])
                 )
-            elif field.name in ("vocab_size", "hidden_width", "num_layers", "num_heads"):
+            elif field.name in (
+                "vocab_size",
+                "hidden_width",
+                "num_layers",
+                "num_heads",
+                "intermediate_width",
+            ):
                 raise KeyError(hf_key)
         defaults = {field.name: field.default for field in fields(cls)}
         problem = config_problem({**defaults, **values}, HF_CONFIG_KEYS.__getitem__)
@@ -93,12 +103,19 @@ POSITIVE_FIELDS = (
 )
 
 
+# Far above any real model's size (BERT-large: 30,522 x 1,024, 24 layers); a bound that keeps a
+# wrong config.json from asking for exabytes.
+MAX_SIZE = 2**24
+
+
 def config_problem(values: Mapping[str, Any], key: Callable[[str], str] = str) -> Optional[str]:
     """What makes these `BertConfig` values unusable, in one sentence naming the setting by
     `key(field name)`; None when they make a model."""
     for name in POSITIVE_FIELDS:
         if values[name] < 1:
             return f"{key(name)} = {values[name]} must be at least 1"
+        if values[name] > MAX_SIZE:
+            return f"{key(name)} = {values[name]} is beyond any BERT's size: at most {MAX_SIZE:,}"
     width, heads = values["hidden_width"], values["num_heads"]
     if width % heads:
         divisors = [d for d in range(1, width + 1) if width % d == 0]
@@ -110,6 +127,15 @@ def config_problem(values: Mapping[str, Any], key: Callable[[str], str] = str) -
     for name in ("dropout", "attention_dropout"):
         if not 0.0 <= values[name] < 1.0:
             return f"{key(name)} = {values[name]} must be at least 0 and below 1"
+    # 0 (or less) divides by a zero variance in LayerNorm: NaN vectors.
+    if not values["layer_norm_eps"] > 0:
+        return f"{key('layer_norm_eps')} = {values['layer_norm_eps']} must be above 0 (BERT uses 1e-12)"
+    trained, positions = values["trained_positions"], values["max_positions"]
+    if trained is not None and not 3 <= trained <= positions:
+        return (
+            f"{key('trained_positions')} = {trained} must be between 3 ([CLS], a piece, [SEP]) and "
+            f"{key('max_positions')} = {positions}"
+        )
     pad, vocab = values["pad_token_id"], values["vocab_size"]
     if not 0 <= pad < vocab:
         return f"{key('pad_token_id')} = {pad} is not a piece id below {key('vocab_size')} = {vocab}"

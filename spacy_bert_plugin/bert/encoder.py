@@ -25,12 +25,28 @@ class BertEmbeddings(nn.Module):
 
     def forward(self, input_ids: Tensor, token_type_ids: Optional[Tensor] = None) -> Tensor:
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        x = self.word(input_ids) + self.position(positions)
+        word = self.word
+        words = F.embedding(input_ids, word.weight, word.padding_idx, sparse=self._sparse_word_gradient())
+        x = words + self.position(positions)
         if token_type_ids is None:
             x = x + self.token_type.weight[0]
         else:
             x = x + self.token_type(token_type_ids)
         return self.dropout(self.norm(x))
+
+    def _sparse_word_gradient(self) -> bool:
+        """Whether the backward pass adds the looked-up rows only into the word embeddings'
+        gradient: when a dense one is kept between steps (zeroed, not dropped, as spaCy's training
+        does), on a CPU: there a dense vocabulary-sized gradient per pass would be a fresh block of
+        memory each time, whose pages fault in again (30522 x 256: 20-100 ms a pass when busy)."""
+        grad = self.word.weight.grad
+        return (
+            self.training
+            and grad is not None
+            and grad.layout == torch.strided
+            and grad.device.type == "cpu"
+            and not torch.compiler.is_compiling()
+        )
 
 
 # Attention weights are computed this many bytes at a time on a CPU: glibc serves blocks over

@@ -7,9 +7,9 @@ from spacy import util
 from spacy.cli._util import Arg, Opt, app, import_code
 from wasabi import msg
 
-from ..checkpoint import Checkpoint, CheckpointError, read_checkpoint, save_checkpoint
-
-FACTORY = "bert_encoder"
+from ..checkpoint import Checkpoint, read_checkpoint, save_checkpoint
+from ..errors import COMPONENT, BertPluginError, CheckpointError
+from ..pipeline import saved_model_folder
 
 
 @app.command("bert-export-hf")
@@ -31,7 +31,7 @@ def bert_export_hf_cli(
     import_code(code_path)
     try:
         checkpoint = export_hf(source, output_dir, component=component)
-    except CheckpointError as err:
+    except BertPluginError as err:
         msg.fail(str(err), exits=1)
     config = checkpoint.config
     msg.good(
@@ -62,21 +62,19 @@ def find_checkpoint(source: Path, component: Optional[str] = None) -> Path:
     if not config_path.exists():
         return source
     components = util.load_config(config_path, interpolate=False)["components"]
-    encoders = [name for name, cfg in components.items() if cfg.get("factory") == FACTORY]
+    encoders = [name for name, cfg in components.items() if cfg.get("factory") == COMPONENT]
     listed = ", ".join(encoders)
     if component is not None and component not in encoders:
         if component not in components:
             problem = f"the pipeline has no component {component!r}"
         else:
-            problem = (
-                f"{component!r} is not a {FACTORY} (its factory is {components[component].get('factory')!r})"
-            )
-        found = f"its {FACTORY} components: {listed}" if encoders else f"it has no {FACTORY} component"
+            problem = f"{component!r} is not a {COMPONENT} (its factory is {components[component].get('factory')!r})"
+        found = f"its {COMPONENT} components: {listed}" if encoders else f"it has no {COMPONENT} component"
         raise CheckpointError(f"{config_path}: {problem}; {found}")
     if component is None and len(encoders) != 1:
         if not encoders:
-            raise CheckpointError(f"{config_path}: the pipeline has no {FACTORY} component to export")
+            raise CheckpointError(f"{config_path}: the pipeline has no {COMPONENT} component to export")
         raise CheckpointError(
-            f"{config_path}: the pipeline has several {FACTORY} components ({listed}); name one with --component"
+            f"{config_path}: the pipeline has several {COMPONENT} components ({listed}); name one with --component"
         )
-    return source / (component or encoders[0]) / "model"
+    return saved_model_folder(source, component or encoders[0])

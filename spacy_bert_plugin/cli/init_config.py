@@ -10,6 +10,8 @@ from spacy.cli._util import Arg, Opt, app
 from thinc.api import Config
 from wasabi import msg
 
+from ..errors import COMPONENT, MODEL_SECTION
+
 # NAME -> the packaged file (spacy_bert_plugin/configs/: in a checkout, a link to configs/).
 CONFIGS = {
     "pretrain": "pretrain.cfg",
@@ -19,7 +21,6 @@ CONFIGS = {
     "distill": "distill.cfg",
 }
 CPU_PRETRAIN = "pretrain-cpu.cfg"
-ENCODER_SECTION = "components.bert_encoder.model"
 # What the CPU recipe changes in a fine-tuning config: the encoder's shape (its dropout is
 # pretraining's, the fine-tuning configs keep theirs).
 SHAPE_KEYS = ("hidden_width", "num_layers", "num_heads", "intermediate_width")
@@ -43,13 +44,13 @@ def config_text(name: str, cpu: bool = False) -> str:
     if not cpu:
         return text
     recipe = Config().from_str(packaged_config(CPU_PRETRAIN), interpolate=False)
-    encoder = recipe["components"]["bert_encoder"]["model"]
+    encoder = recipe["components"][COMPONENT]["model"]
     return with_encoder_shape(text, {key: encoder[key] for key in SHAPE_KEYS})
 
 
 def with_encoder_shape(text: str, shape: Dict[str, int]) -> str:
     """`text` with new values for the keys of [components.bert_encoder.model], comments kept."""
-    header = f"[{ENCODER_SECTION}]\n"
+    header = f"{MODEL_SECTION}\n"
     start = text.index(header) + len(header)
     end = text.find("\n[", start)
     end = len(text) if end == -1 else end
@@ -57,7 +58,7 @@ def with_encoder_shape(text: str, shape: Dict[str, int]) -> str:
     for key, value in shape.items():
         section, count = re.subn(rf"^{key} = .*$", f"{key} = {value}", section, flags=re.MULTILINE)
         if count != 1:
-            raise ValueError(f"[{ENCODER_SECTION}] has {count} lines setting {key}, expected one")
+            raise ValueError(f"{MODEL_SECTION} has {count} lines setting {key}, expected one")
     return text[:start] + section + text[end:]
 
 
@@ -78,7 +79,15 @@ def bert_init_config_cli(
     textcat_multilabel) with a bert_encoder that its components listen to."""
     if name not in CONFIGS:
         msg.fail(f"No config named {name!r}: choose one of {', '.join(CONFIGS)}", exits=1)
-    text = config_text(name, cpu=cpu)
+    try:
+        text = config_text(name, cpu=cpu)
+    except OSError as err:
+        msg.fail(
+            f"Cannot read the packaged config {err.filename} ({err.strerror}): in a git checkout, "
+            "spacy_bert_plugin/configs is a link to configs/ (git config core.symlinks true, then check "
+            "out again); or install a built wheel",
+            exits=1,
+        )
     if str(output_file) == "-":
         sys.stdout.write(text)
         return

@@ -9,13 +9,8 @@ from spacy import util
 from spacy.cli._util import Arg, Opt, app, import_code, parse_config_overrides, show_validation_error
 from wasabi import msg
 
-from ..checkpoint import CheckpointError
-from ..layers import EncoderConfigError
-from ..pretraining import PretrainingError, Trainer, build_trainer, pretrain
-from ..pretraining.corpus import CorpusError
-from ..pretraining.settings import SettingsError
-
-USER_ERRORS = (PretrainingError, CorpusError, CheckpointError, SettingsError, EncoderConfigError)
+from ..errors import BertPluginError
+from ..pretraining import Trainer, build_trainer, pretrain
 
 
 @app.command(
@@ -74,7 +69,7 @@ def bert_pretrain_cli(
 def _user_errors():
     try:
         yield
-    except USER_ERRORS as err:
+    except BertPluginError as err:
         msg.fail(str(err), exits=1)
     except KeyboardInterrupt:  # before training starts; during training SIGINT saves and exits
         msg.fail("interrupted before training started; nothing was saved", exits=130)

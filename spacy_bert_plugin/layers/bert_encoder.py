@@ -29,17 +29,20 @@ from ..bert.config import BertConfig
 from ..bert.encoder import BertEncoder
 from ..bert.pooling import POOLING_MODES, WordEncoder
 from ..bert.precision import autocast_dtype
+from ..errors import COMPONENT, MODEL_SECTION, EncoderConfigError
 from ..pieces import WordPieces
 from .windows import PieceBatch, docs_to_batch
 
 QUANTIZE_MODES = (None, "int8")
-# Where these settings live in a training config (the section is named after the factory, as
-# in spaCy's own config errors).
-MODEL_SECTION = "[components.bert_encoder.model]"
-
-
-class EncoderConfigError(ValueError):
-    """A bert_encoder that cannot work as configured; the message names the setting and the fix."""
+# The sizes of a random model (BERT-Mini) where the model config leaves them null; with a
+# checkpoint, null takes the checkpoint's.
+RANDOM_MODEL_SIZES = {
+    "hidden_width": 256,
+    "num_layers": 4,
+    "num_heads": 4,
+    "intermediate_width": 1024,
+    "max_positions": 512,
+}
 
 
 def _one_torch_thread_after_fork() -> None:
@@ -54,21 +57,24 @@ if hasattr(os, "register_at_fork"):  # POSIX; elsewhere, multiprocessing spawns 
 
 
 def build_bert_encoder_v1(
-    hidden_width: int = 256,
-    num_layers: int = 4,
-    num_heads: int = 4,
-    intermediate_width: int = 1024,
-    max_positions: int = 512,
-    dropout: float = 0.1,
-    attention_dropout: float = 0.1,
-    pooling: str = "mean",
-    window: Optional[int] = None,
-    max_batch_pieces: int = 4096,
-    autocast: Optional[str] = None,
-    quantize: Optional[str] = None,
+    hidden_width: Optional[int],
+    num_layers: Optional[int],
+    num_heads: Optional[int],
+    intermediate_width: Optional[int],
+    max_positions: Optional[int],
+    dropout: float,
+    attention_dropout: float,
+    pooling: str,
+    window: Optional[int],
+    max_batch_pieces: int,
+    autocast: Optional[str],
+    quantize: Optional[str],
 ) -> Model[List[Doc], List[Floats2d]]:
-    """BERT over WordPiece windows, pieces pooled per token (`mean`, `first` or `last`).
-    `window` is the most pieces per window without [CLS]/[SEP] (default: the positions the
+    """BERT over WordPiece windows, pieces pooled per token (`mean`, `first` or `last`); the
+    defaults are the component's (pipeline.DEFAULT_BERT_MODEL).
+    The sizes (`hidden_width` ... `max_positions`): null takes the checkpoint's, or without one
+    RANDOM_MODEL_SIZES; with a checkpoint, a size set must be the checkpoint's.
+    `window` is the most pieces per window without [CLS]/[SEP] (null: the positions the
     checkpoint was pretrained on, else max_positions, less 2);
     `autocast` = "bf16" or "fp16" runs the encoder in mixed precision;
     `quantize` = "int8" runs its nn.Linear layers in dynamic int8 (CPU inference only)."""
@@ -92,18 +98,21 @@ def build_bert_encoder_v1(
             f"{MODEL_SECTION} max_batch_pieces = {max_batch_pieces} must be at least 1 (the most pieces "
             "encoded in one chunk; the configs use 4096)"
         )
-    if max_positions < 3:
+    if max_positions is not None and max_positions < 3:
         raise EncoderConfigError(
             f"{MODEL_SECTION} max_positions = {max_positions} leaves no room for a piece between [CLS] "
             "and [SEP]: set at least 3"
         )
+    sizes = {
+        "hidden_width": hidden_width,
+        "num_layers": num_layers,
+        "num_heads": num_heads,
+        "intermediate_width": intermediate_width,
+        "max_positions": max_positions,
+    }
     try:
         config = BertConfig(
-            hidden_width=hidden_width,
-            num_layers=num_layers,
-            num_heads=num_heads,
-            intermediate_width=intermediate_width,
-            max_positions=max_positions,
+            **{**RANDOM_MODEL_SIZES, **{key: size for key, size in sizes.items() if size is not None}},
             dropout=dropout,
             attention_dropout=attention_dropout,
         )
@@ -115,6 +124,7 @@ def build_bert_encoder_v1(
         dims={"nO": hidden_width},
         attrs={
             "bert_config": config,  # as configured; the encoder's own: get_encoder(model).config
+            "sizes": sizes,  # as configured, None: the checkpoint's
             "encoder": None,  # the float32 encoder (set at initialize or load), the one saved
             "pieces": None,
             "pooling": pooling,
@@ -122,14 +132,26 @@ def build_bert_encoder_v1(
             "max_batch_pieces": max_batch_pieces,
             "autocast": autocast,
             "quantize": quantize,
+            # nlp.replace_listeners() asks this before it changes anything.
+            "replace_listener_cfg": refuse_replace_listeners,
         },
+    )
+
+
+def refuse_replace_listeners(encoder_config: Dict, listener_config: Dict) -> Dict:
+    """A copy of the encoder inside another component could not be loaded again: its weights
+    are made at initialize (or read with the component), not by the copy's own config."""
+    raise EncoderConfigError(
+        f"nlp.replace_listeners() is not supported for a {COMPONENT}: a copy of its encoder inside "
+        "another component could not be loaded again; keep the listeners (frozen = true keeps the "
+        "encoder fixed), or give that component a bert_encoder of its own"
     )
 
 
 def set_encoder(model: Model, encoder: BertEncoder, pieces: WordPieces) -> None:
     """Install a PyTorch encoder and its vocabulary (at initialize, or when loading)."""
     if encoder.config.vocab_size < pieces.vocab_size:
-        raise ValueError(
+        raise EncoderConfigError(
             f"the vocabulary has {pieces.vocab_size} pieces but the encoder only {encoder.config.vocab_size} embeddings"
         )
     autocast, quantize = model.attrs["autocast"], model.attrs["quantize"]
@@ -158,7 +180,7 @@ def get_encoder(model: Model) -> BertEncoder:
     """The float32 encoder: the one to save, also when the forward pass runs a quantized copy."""
     encoder = model.attrs["encoder"]
     if encoder is None:
-        raise ValueError("the BERT encoder has no weights yet: call nlp.initialize() first")
+        raise EncoderConfigError("the BERT encoder has no weights yet: call nlp.initialize() first")
     return encoder
 
 
@@ -183,6 +205,24 @@ def dropout_rates(model: Model) -> Dict[str, float]:
     """The configured dropout rates, which a checkpoint's encoder is given in place of its own."""
     config = model.attrs["bert_config"]
     return {"dropout": config.dropout, "attention_dropout": config.attention_dropout}
+
+
+def check_checkpoint_sizes(model: Model, checkpoint_config: BertConfig, checkpoint: str) -> None:
+    """That each size the model config sets is the checkpoint's: one would otherwise be dropped."""
+    differ = {
+        key: size
+        for key, size in model.attrs["sizes"].items()
+        if size is not None and size != getattr(checkpoint_config, key)
+    }
+    if differ:
+        settings = ", ".join(f"{key} = {size}" for key, size in differ.items())
+        theirs = ", ".join(f"{key} = {getattr(checkpoint_config, key)}" for key in differ)
+        # hidden_width stays set where listeners take their width from it (${...hidden_width}).
+        null = "" if "hidden_width" in differ else ", or null (take the checkpoint's)"
+        raise EncoderConfigError(
+            f"{MODEL_SECTION} {settings}, but the checkpoint {checkpoint} has {theirs}: set "
+            f"{'these' if len(differ) > 1 else 'it'} to the checkpoint's{null}"
+        )
 
 
 def new_random_encoder(model: Model, pieces: WordPieces) -> BertEncoder:

@@ -13,16 +13,16 @@ from spacy.language import Language
 from thinc.api import Config
 
 from ..bert.heads import BertForPretraining
-from ..checkpoint import load_checkpoint, recover_interrupted_save
-from ..layers import dropout_rates
+from ..checkpoint import load_checkpoint, read_checkpoint, recover_interrupted_save
+from ..errors import COMPONENT, MODEL_SECTION
+from ..layers import check_checkpoint_sizes, dropout_rates
 from ..pieces import WordPieces
 from .corpus import PieceCorpus, prepare_corpora
 from .log import TrainingLog
 from .runtime import Distributed, PretrainingError, check_output_dir, select_device, set_threads
 from .settings import PretrainingSettings, read_settings
-from .trainer import STATE_FILE, Trainer, load_saved_objectives
+from .trainer import STATE_FILE, Trainer, load_saved_objectives, training_module
 
-FACTORY = "bert_encoder"
 # Settings a resumed run may change; any other difference from the saved run is refused.
 RESUMABLE_CHANGES = (
     "bert_pretraining.max_steps",
@@ -80,6 +80,13 @@ def build_trainer(
         source = str(_init_checkpoint(interpolated, component))
     for objective in settings.objectives.values():
         pieces = objective.fit_vocabulary(pieces, source)
+    max_positions = (model.config if model else component.model.attrs["bert_config"]).max_positions
+    if settings.max_length > max_positions:
+        where = "the checkpoint's" if model else MODEL_SECTION
+        raise PretrainingError(
+            f"[bert_pretraining] max_length = {settings.max_length} exceeds {where} max_positions = "
+            f"{max_positions}: lower max_length"
+        )
     raw_text = interpolated.get("paths", {}).get("raw_text")
     if not raw_text:
         raise PretrainingError(
@@ -87,35 +94,38 @@ def build_trainer(
         )
     pieces, train_corpus, heldout_corpus = _corpora(raw_text, nlp, component, pieces, settings, dist, stdout)
     model = model or _new_model(component, pieces, settings)
-    if settings.max_length > model.config.max_positions:
-        raise PretrainingError(
-            f"[bert_pretraining] max_length = {settings.max_length} exceeds the model's max_positions = "
-            f"{model.config.max_positions}"
-        )
     if model.config.trained_positions is not None:  # None: a checkpoint trained on all its positions
         trained = max(model.config.trained_positions, settings.max_length)
         model.config = model.encoder.config = replace(model.config, trained_positions=trained)
-    trainer = Trainer(
-        model, pieces, settings, train_corpus, heldout_corpus, output_dir, device, dist,
-        saved_state, saved_objectives,
-    )  # fmt: skip
+    module = training_module(model, pieces, settings, device, saved_objectives)
     active = dist.is_main and not dry_run
     if active:
-        check_output_dir(output_dir, _save_bytes(trainer))
-    trainer.log = TrainingLog(
+        check_output_dir(output_dir, _save_bytes(module))
+    log = TrainingLog(
         output_dir,
-        trainer.state["step"],
-        active,
-        stdout,
-        settings.logger if active else None,
-        nlp,
-        component.name,
-        [key for objective in settings.objectives.values() for key in objective.score_keys],
-        settings.max_steps,
-        settings.eval_every,
+        resumed_step=saved_state["step"] if saved_state else 0,
+        active=active,
+        stdout=stdout,
+        logger=settings.logger if active else None,
+        nlp=nlp,
+        component=component.name,
+        score_keys=[key for objective in settings.objectives.values() for key in objective.score_keys],
+        max_steps=settings.max_steps,
+        eval_every=settings.eval_every,
     )
-    trainer.state["run_config"] = run_config
-    return trainer
+    return Trainer(
+        module=module,
+        pieces=pieces,
+        settings=settings,
+        train_corpus=train_corpus,
+        heldout_corpus=heldout_corpus,
+        output_dir=output_dir,
+        device=device,
+        dist=dist,
+        log=log,
+        saved_state=saved_state,
+        run_config=run_config,
+    )
 
 
 def _saved_state(
@@ -151,8 +161,9 @@ def _pretrained_model(
     checkpoint = _init_checkpoint(config, component)
     if not checkpoint:
         return None, None, None
-    model, pieces = load_checkpoint(checkpoint, **dropout_rates(component.model))
-    return model, pieces, load_saved_objectives(Path(checkpoint))
+    read = read_checkpoint(checkpoint, **dropout_rates(component.model))
+    check_checkpoint_sizes(component.model, read.config, str(checkpoint))
+    return read.pretraining_model(), read.pieces, load_saved_objectives(Path(checkpoint))
 
 
 def _init_checkpoint(config: Config, component) -> Optional[str]:
@@ -187,11 +198,11 @@ def _corpora(
     return prepared or prepare(io.StringIO())
 
 
-def _save_bytes(trainer: Trainer) -> int:
+def _save_bytes(module: torch.nn.Module) -> int:
     """What the saves of a run hold on disk at their fullest: model-last (weights, the objectives'
     modules and AdamW's two moments), model-best (weights and modules), and a second model-last
     while a save is swapped in."""
-    params = sum(p.numel() for p in trainer.module.parameters())
+    params = sum(p.numel() for p in module.parameters())
     weights = params * 4
     return (weights + 2 * weights) * 2 + weights
 
@@ -230,6 +241,6 @@ def _check_resumable(
 
 def _find_component(nlp: Language):
     for name in nlp.pipe_names:
-        if nlp.get_pipe_meta(name).factory == FACTORY:
+        if nlp.get_pipe_meta(name).factory == COMPONENT:
             return nlp.get_pipe(name)
-    raise PretrainingError(f"the config's pipeline has no {FACTORY} component; add one under [components]")
+    raise PretrainingError(f"the config's pipeline has no {COMPONENT} component; add one under [components]")

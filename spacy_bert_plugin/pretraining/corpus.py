@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import struct
+import tempfile
 import time
 import zlib
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import tokenizers
 from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 
+from ..errors import CorpusError
 from ..pieces import WordPieces
 from .runtime import is_disk_full
 from .settings import PretrainingSettings, cache_root
@@ -54,10 +56,6 @@ MAX_DOC_CHARS = 2**62
 WordDoc = List[List[str]]
 
 
-class CorpusError(ValueError):
-    """A raw-text corpus that cannot be read; the message names the file and line."""
-
-
 @dataclass
 class CorpusStats:
     docs: int = 0
@@ -80,6 +78,7 @@ def prepare_corpora(
     files = corpus_files(raw_text)
     folder = cache_root(settings) / _cache_key(files, nlp, settings, pieces, vocab_size, lowercase)
     if not (folder / "meta.json").exists():
+        _make_cache_folder(folder.parent, settings)
         _build(folder, files, nlp, settings, stdout, pieces, vocab_size, lowercase)
     meta = json.loads((folder / "meta.json").read_text())
     train, heldout = PieceCorpus.load(folder / "train"), PieceCorpus.load(folder / "heldout")
@@ -400,6 +399,20 @@ def _batches(docs: Iterable[WordDoc]) -> Iterator[List[WordDoc]]:
         yield batch
 
 
+def _make_cache_folder(root: Path, settings: PretrainingSettings) -> None:
+    """`root`, made if need be and writable, or a CorpusError naming it and `cache_dir`."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryDirectory(dir=root).cleanup()
+    except OSError as err:
+        which = "" if settings.cache_dir else " (the default, as cache_dir is null)"
+        problem = "is a file" if root.is_file() else f"cannot be written ({err.strerror})"
+        raise CorpusError(
+            f"the corpus cache folder {root}{which} {problem}: set [bert_pretraining] cache_dir to a "
+            "writable folder (--bert_pretraining.cache_dir DIR)"
+        ) from None
+
+
 def _build(
     folder: Path,
     files: List[Path],
@@ -571,9 +584,14 @@ class _Progress:
 
     def _line(self, state: str) -> None:
         seconds = time.perf_counter() - self.started
-        rate = self.done / max(seconds, 1e-9)
         print(
-            f"{self.action}: {state}{self.done:,} docs in {seconds:.1f} s ({rate:,.0f} docs/s)",
+            f"{self.action}: {state}{self.done:,} docs in {seconds:.1f} s ({docs_per_second(self.done, seconds)})",
             file=self.stdout,
             flush=True,
         )
+
+
+def docs_per_second(docs: int, seconds: float) -> str:
+    """The rate with two significant digits below 10/s: one document in 3.5 s is "0.29 docs/s"."""
+    rate = docs / max(seconds, 1e-9)
+    return f"{rate:,.0f} docs/s" if rate >= 10 else f"{rate:.2g} docs/s"

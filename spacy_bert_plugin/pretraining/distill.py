@@ -20,13 +20,12 @@ from torch.nn import functional as F
 
 from ..bert.encoder import BertLayer, init_weights
 from ..bert.heads import BertForPretraining
-from ..checkpoint import CheckpointError, read_checkpoint
+from ..checkpoint import read_checkpoint
+from ..errors import MODEL_SECTION, CheckpointError, PretrainingError, SettingsError
 from ..pieces import WordPieces
 from .instances import Batch
 from .masking import check_masking, mask_batch, masked_positions
 from .objectives import LAYER_STATES, MASK_LABELS, Metrics, Objective, Tensors
-from .runtime import PretrainingError
-from .settings import SettingsError
 
 TEACHER_SETTING = "[paths] teacher"
 
@@ -129,7 +128,7 @@ class Distillation(Objective):
         student, teacher = model.config, self.teacher.config
         if student.hidden_width > teacher.hidden_width:
             raise SettingsError(
-                f"the student's hidden_width = {student.hidden_width} ([components.bert_encoder.model]) is "
+                f"the student's hidden_width = {student.hidden_width} ({MODEL_SECTION}) is "
                 f"wider than {TEACHER_SETTING}'s {teacher.hidden_width}: a student wider than its teacher is "
                 f"wider than useful; make it at most {teacher.hidden_width} wide"
             )

@@ -10,6 +10,7 @@ from typing import Dict, Iterator, List, Optional
 
 import numpy
 
+from ..errors import CorpusError
 from .corpus import PieceCorpus
 
 PAIRINGS = (None, "next", "order")  # no pairs; NSP (next or random); SOP (in order or swapped)
@@ -51,6 +52,7 @@ def make_instances(
     """All instances of one pass over the corpus, as an (n, 5) int64 array."""
     if pairing not in PAIRINGS:
         raise ValueError(f"unknown pairing {pairing!r}; choose one of {PAIRINGS}")
+    check_pairing(corpus, pairing, "a corpus")
     budget = max_length - (3 if pairing else 2)
     sent = numpy.asarray(corpus.sentence_offsets)
     docs = numpy.asarray(corpus.doc_offsets)
@@ -74,7 +76,7 @@ def make_instances(
             else:  # one sentence: cut it at a word start near its middle
                 split, middle = j, _middle_word_start(corpus, int(sent[i]), int(sent[j]))
             a, b = (int(sent[i]), middle), (middle, int(sent[j]))
-            if pairing == "next" and (label == 1 or b[0] == b[1]) and corpus.n_docs > 1:
+            if pairing == "next" and (label == 1 or b[0] == b[1]):
                 b = _random_segment(corpus, d, target - (a[1] - a[0]), rng)
                 label = 1
                 j = split  # the unused sentences start the next instance
@@ -87,6 +89,17 @@ def make_instances(
             instances.append((a[0], a[1], b[0], b[1], label))
             i = j
     return numpy.asarray(instances, dtype=numpy.int64).reshape(-1, 5)
+
+
+def check_pairing(corpus: PieceCorpus, pairing: Optional[str], which: str) -> None:
+    """That `corpus` can give `pairing`'s pairs: NSP draws a random next segment from another
+    document, so a corpus of one document would label continuations "random"."""
+    if pairing == "next" and corpus.n_docs == 1:
+        raise CorpusError(
+            f"NSP needs at least two documents (a random next segment comes from another one), and "
+            f"{which} has one: separate documents by blank lines (.txt) or put one per line (.jsonl), "
+            "set [bert_pretraining] heldout_docs to 0 or at least 2, or use SOP"
+        )
 
 
 def _middle_word_start(corpus: PieceCorpus, start: int, end: int) -> int:
@@ -211,7 +224,7 @@ def iterate_batches(
         rng = numpy.random.default_rng([seed, epoch])
         instances = make_instances(corpus, max_length, pairing, rng)
         if not len(instances):
-            raise ValueError("the training corpus yields no sequences: it has no text with pieces")
+            raise CorpusError("the training corpus yields no sequences: it has no text with pieces")
         for i, batch in enumerate(bucket_batches(instances, batch_tokens, rng, min_rows)):
             yield epoch, i, instances[batch]
         epoch += 1

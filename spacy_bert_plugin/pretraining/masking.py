@@ -7,9 +7,9 @@ import numpy
 import torch
 from torch import Tensor
 
+from ..errors import SettingsError
 from ..pieces import WordPieces
 from .instances import Batch
-from .settings import SettingsError
 
 MASK_UNITS = ("piece", "word", "span")
 

@@ -19,10 +19,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..bert.heads import BertForPretraining
+from ..errors import SettingsError
 from ..pieces import WordPieces
 from .instances import Batch
 from .masking import check_masking, mask_batch, masked_positions
-from .settings import SettingsError
 
 Metrics = Dict[str, Tensor]  # detached scalars, read only when logged
 

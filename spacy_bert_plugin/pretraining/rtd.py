@@ -17,11 +17,11 @@ from torch.nn import functional as F
 
 from ..bert.encoder import BertLayer, init_weights
 from ..bert.heads import BertForPretraining, MaskedLMHead
+from ..errors import SettingsError
 from ..pieces import WordPieces
 from .instances import Batch
 from .masking import check_masking, mask_batch, masked_positions
 from .objectives import MASK_LABELS, Metrics, Objective, Tensors
-from .settings import SettingsError
 
 
 class Generator(nn.Module):

@@ -12,9 +12,7 @@ from typing import Dict, Optional
 
 import torch
 
-
-class PretrainingError(RuntimeError):
-    """The run cannot start or go on; the message says why and what to do."""
+from ..errors import PretrainingError
 
 
 class Distributed:

@@ -1,5 +1,6 @@
 """The `[bert_pretraining]` config section, validated."""
 
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Dict, Literal, Optional
 
@@ -16,6 +17,8 @@ from pydantic import (
 from spacy.util import registry
 from thinc.api import Config
 
+from ..errors import SettingsError
+
 # `@bert_objectives` functions: the built-in ones (objectives.py, rtd.py) and other packages' come
 # through the `spacy_bert_objectives` entry-point group, loaded when a config names them. Created
 # as spaCy creates its own registries: thinc's `registry.create` would read `thinc_bert_objectives`.
@@ -28,62 +31,64 @@ class OptimizerSettings(BaseModel):
     `max_minutes`) is spent."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    learning_rate: PositiveFloat = 5e-4
-    weight_decay: NonNegativeFloat = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: PositiveFloat = 1e-6
-    warmup_steps: NonNegativeInt = 100
-    decay: Literal["linear", "cosine", "constant"] = "linear"
-    grad_clip: Optional[PositiveFloat] = 1.0
+    learning_rate: PositiveFloat
+    weight_decay: NonNegativeFloat
+    beta1: float
+    beta2: float
+    eps: PositiveFloat
+    warmup_steps: NonNegativeInt
+    decay: Literal["linear", "cosine", "constant"]
+    grad_clip: Optional[PositiveFloat]
 
 
 class PretrainingSettings(BaseModel):
-    """The `[bert_pretraining]` section; configs/pretrain.cfg holds the same defaults (a test
-    compares them)."""
+    """The `[bert_pretraining]` section. Its defaults are configs/pretrain.cfg's values
+    (`default_section`), which `read_settings` gives the keys a config leaves out."""
 
     model_config = ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True)
     objectives: Dict[str, Any]
     # The budget: steps, wall-clock minutes, or both (whichever is reached first).
-    max_steps: Optional[PositiveInt] = 2000
-    max_minutes: Optional[PositiveFloat] = None
-    optimizer: OptimizerSettings = OptimizerSettings()
-    max_length: PositiveInt = 128
-    batch_tokens: PositiveInt = 4096
-    grad_accumulation: PositiveInt = 1
-    log_every: PositiveInt = 20
-    eval_every: PositiveInt = 200
-    save_every: PositiveInt = 200
-    eval_batches: PositiveInt = 20
-    heldout_docs: NonNegativeInt = 100
-    seed: int = 0
-    n_process: PositiveInt = 1
+    max_steps: Optional[PositiveInt]
+    max_minutes: Optional[PositiveFloat]
+    optimizer: OptimizerSettings
+    max_length: PositiveInt
+    batch_tokens: PositiveInt
+    grad_accumulation: PositiveInt
+    log_every: PositiveInt
+    eval_every: PositiveInt
+    save_every: PositiveInt
+    eval_batches: PositiveInt
+    heldout_docs: NonNegativeInt
+    seed: int
+    n_process: PositiveInt
     # torch threads per process; null: half the cores available (runtime.default_threads).
-    threads: Optional[PositiveInt] = None
-    autocast: Optional[Literal["bf16", "fp16"]] = None
-    compile: bool = False
-    bad_lines: Literal["error", "skip"] = "error"
-    max_bad_steps: PositiveInt = 5
-    cache_dir: Optional[str] = None
-    # A logger from spaCy's `loggers` registry (resolved from DEFAULT_LOGGER unless the config
-    # has its own), or None for log.jsonl alone.
-    logger: Optional[Any] = None
+    threads: Optional[PositiveInt]
+    autocast: Optional[Literal["bf16", "fp16"]]
+    compile: bool
+    bad_lines: Literal["error", "skip"]
+    max_bad_steps: PositiveInt
+    cache_dir: Optional[str]
+    # A logger from spaCy's `loggers` registry, or None for log.jsonl alone.
+    logger: Optional[Any]
 
 
-# spaCy's console table, as `spacy train` prints it, with a progress bar between evaluations.
-DEFAULT_LOGGER = {"@loggers": "spacy.ConsoleLogger.v3", "progress_bar": "eval", "console_output": True}
-
-
-class SettingsError(ValueError):
-    """A `[bert_pretraining]` section that does not validate; the message names the keys."""
+def default_section() -> Dict[str, Any]:
+    """configs/pretrain.cfg's `[bert_pretraining]` section, its objectives left out (a config
+    names its own)."""
+    text = (files("spacy_bert_plugin") / "configs" / "pretrain.cfg").read_text(encoding="utf8")
+    section = dict(Config().from_str(text, interpolate=False)["bert_pretraining"])
+    section.pop("objectives")
+    return section
 
 
 def read_settings(config: Config) -> PretrainingSettings:
     """Validate the interpolated config's `[bert_pretraining]` section and resolve its objectives."""
     if "bert_pretraining" not in config:
         raise SettingsError("the config has no [bert_pretraining] section; see configs/pretrain.cfg for one")
-    section = dict(config["bert_pretraining"])
-    section.setdefault("logger", DEFAULT_LOGGER)
+    defaults = default_section()
+    section = {**defaults, **config["bert_pretraining"]}
+    if isinstance(section["optimizer"], dict):
+        section["optimizer"] = {**defaults["optimizer"], **section["optimizer"]}
     resolved = registry.resolve({"objectives": section.get("objectives", {}), "logger": section["logger"]})
     # `--bert_pretraining.objectives.nsp null` switches an objective off from the command line.
     section["objectives"] = {
@@ -111,6 +116,13 @@ def read_settings(config: Config) -> PretrainingSettings:
     if len(pairings) > 1:
         raise SettingsError(
             f"at most one segment-pair objective (NSP or SOP) can be used, the config has {len(pairings)}"
+        )
+    # [CLS] A [SEP] (B [SEP]) with two pieces at least: one in each segment, or two in A.
+    shortest = 5 if pairings else 4
+    if settings.max_length < shortest:
+        raise SettingsError(
+            f"[bert_pretraining] max_length = {settings.max_length} leaves no room for text: at least "
+            f"{shortest} ([CLS], [SEP]{', [SEP]' if pairings else ''} and two pieces; the configs use 128)"
         )
     return settings
 

@@ -1,7 +1,8 @@
 """The pretraining loop: one optimizer step at a time, held-out evaluation, checkpoints.
 
-A `Trainer` is made by `build.build_trainer` (or `pretrain`); `step()` runs one optimizer step,
-`run()` steps until `max_steps` or `max_minutes` is reached or `stop()` says so.
+A `Trainer` is made by `build.build_trainer` (or `pretrain`); `step()` runs one optimizer step and
+ticks the budget, so a loop of your own may run `while not trainer.done: trainer.step()`; `run()`
+steps until `max_steps` or `max_minutes` is reached or `stop()` says so, logging and saving.
 """
 
 import io
@@ -11,7 +12,7 @@ import time
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy
 import torch
@@ -23,8 +24,9 @@ from ..bert.heads import BertForPretraining
 from ..bert.precision import autocast_dtype
 from ..checkpoint import save_checkpoint
 from ..pieces import WordPieces
+from .budget import Budget
 from .corpus import PieceCorpus
-from .instances import Batch, build_batch, iterate_batches
+from .instances import Batch, build_batch, check_pairing, iterate_batches
 from .log import TrainingLog
 from .objectives import LAYER_STATES, Metrics, Objective
 from .runtime import Distributed, PretrainingError, is_disk_full
@@ -70,12 +72,44 @@ class PretrainingModel(nn.Module):
         return total, metrics
 
 
+def training_module(
+    model: BertForPretraining,
+    pieces: WordPieces,
+    settings: PretrainingSettings,
+    device: torch.device,
+    saved_objectives: Optional[Dict[str, Tensor]] = None,
+) -> PretrainingModel:
+    """The model with the configured objectives set up (and their saved modules loaded), on `device`."""
+    # Heads no objective trains get no gradient (and DDP must not wait for one).
+    trained_heads = {head for obj in settings.objectives.values() for head in obj.heads}
+    for head in ("mlm_head", "pair_head"):
+        getattr(model, head).requires_grad_(head in trained_heads)
+    model.encoder.pooler.requires_grad_("pair_head" in trained_heads)
+    for objective in settings.objectives.values():
+        objective.setup(model, pieces)
+    module = PretrainingModel(model, settings.objectives, autocast_dtype(settings.autocast, device))
+    if saved_objectives:
+        # Continued pretraining may keep some objectives of the saved run and add others.
+        configured = tuple(f"{name}." for name in settings.objectives)
+        kept = {key: value for key, value in saved_objectives.items() if key.startswith(configured)}
+        try:
+            module.objectives.load_state_dict(kept, strict=False)
+        except RuntimeError as err:
+            raise PretrainingError(
+                f"the saved {OBJECTIVES_FILE} does not fit the configured objectives ({err}); start "
+                "their modules anew by removing that file from the checkpoint"
+            ) from None
+    return module.to(device)
+
+
 class Trainer:
-    """One pretraining run: model, optimizer, batch stream and the state that --resume restores."""
+    """One pretraining run: model, optimizer, batch stream, budget and the state that --resume
+    restores. `build_trainer` makes one from a config."""
 
     def __init__(
         self,
-        model: BertForPretraining,
+        *,
+        module: PretrainingModel,
         pieces: WordPieces,
         settings: PretrainingSettings,
         train_corpus: PieceCorpus,
@@ -83,37 +117,21 @@ class Trainer:
         output_dir: Path,
         device: torch.device,
         dist: Distributed,
+        log: TrainingLog,
         saved_state: Optional[dict] = None,
-        saved_objectives: Optional[Dict[str, Tensor]] = None,
+        run_config: Optional[Dict[str, Any]] = None,
     ):
-        self.model, self.pieces, self.settings = model, pieces, settings
+        """`module`: from `training_module`; `saved_state`: what `model-last` saved, to resume;
+        `run_config`: the settings saved with the state, which a resumed run compares."""
+        self.module, self.model = module, module.model
+        self.pieces, self.settings, self.log = pieces, settings, log
         self.train_corpus, self.heldout_corpus = train_corpus, heldout_corpus
         self.last_dir, self.best_dir = output_dir / "model-last", output_dir / "model-best"
         self.device, self.dist = device, dist
-        self.log: Optional[TrainingLog] = None  # set by build_trainer
         self.pairing = next((obj.pairing for obj in settings.objectives.values() if obj.pairing), None)
-        # Heads no objective trains get no gradient (and DDP must not wait for one).
-        trained_heads = {head for obj in settings.objectives.values() for head in obj.heads}
-        for head in ("mlm_head", "pair_head"):
-            getattr(model, head).requires_grad_(head in trained_heads)
-        model.encoder.pooler.requires_grad_("pair_head" in trained_heads)
-        for objective in settings.objectives.values():
-            objective.setup(model, pieces)
-        autocast = autocast_dtype(settings.autocast, device)
-        self.module = PretrainingModel(model, settings.objectives, autocast)
-        if saved_objectives:
-            # Continued pretraining may keep some objectives of the saved run and add others.
-            configured = tuple(f"{name}." for name in settings.objectives)
-            kept = {key: value for key, value in saved_objectives.items() if key.startswith(configured)}
-            try:
-                self.module.objectives.load_state_dict(kept, strict=False)
-            except RuntimeError as err:
-                raise PretrainingError(
-                    f"the saved {OBJECTIVES_FILE} does not fit the configured objectives ({err}); start "
-                    "their modules anew by removing that file from the checkpoint"
-                ) from None
-        self.module.to(device)
-        step_module: nn.Module = self.module
+        check_pairing(train_corpus, self.pairing, "the training corpus")
+        check_pairing(heldout_corpus, self.pairing, "the held-out corpus")
+        step_module: nn.Module = module
         if settings.compile:
             step_module = _compiled(step_module, device)
         if dist.world > 1:
@@ -121,23 +139,31 @@ class Trainer:
                 step_module, device_ids=[device.index] if device.type == "cuda" else None
             )
         self.step_module = step_module
-        self.optimizer = _optimizer(self.module, settings)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=autocast == torch.float16)
-        self.state = {
+        self.optimizer = _optimizer(module, settings)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=module.autocast == torch.float16)
+        self.state: Dict[str, Any] = {
             "step": 0,
             "tokens": 0,
             "epoch": 0,
             "batch_in_epoch": 0,
             "best_eval_loss": math.inf,
             "skipped_steps": 0,
-            "seconds": 0.0,
-            "warmup_end_seconds": None,
+            "run_config": run_config,
         }
-        if saved_state is not None:
-            saved_state = dict(saved_state)
+        saved_state = dict(saved_state or {})
+        spent = {key: saved_state.pop(key) for key in ("seconds", "warmup_end_seconds") if key in saved_state}
+        if saved_state:
             self.optimizer.load_state_dict(saved_state.pop("optimizer"))
             torch.set_rng_state(saved_state.pop("torch_rng"))
             self.state.update(saved_state)
+        self.budget = Budget(
+            max_steps=settings.max_steps,
+            max_minutes=settings.max_minutes,
+            warmup_steps=settings.optimizer.warmup_steps,
+            steps=self.state["step"],
+            sync=dist.from_main,
+            **spent,
+        )
         stream = iterate_batches(
             train_corpus,
             settings.max_length,
@@ -153,10 +179,8 @@ class Trainer:
 
     @property
     def done(self) -> bool:
-        settings, state = self.settings, self.state
-        if settings.max_steps is not None and state["step"] >= settings.max_steps:
-            return True
-        return settings.max_minutes is not None and state["seconds"] >= 60 * settings.max_minutes
+        """Whether the budget (`max_steps` or `max_minutes`) is spent."""
+        return self.budget.spent
 
     def run(self, stop: Callable[[], bool] = lambda: False) -> None:
         """Step until the budget is spent or `stop()` is true; then save `model-last`."""
@@ -164,14 +188,10 @@ class Trainer:
         bad_in_row = 0
         window: List[Dict[str, Tensor]] = []
         window_seconds, window_tokens = 0.0, 0
-        clock_start, seconds_at_start = time.perf_counter(), state["seconds"]
         while not self.done and not stop():
             started = time.perf_counter()
             metrics, tokens = self._step()
             window_seconds += time.perf_counter() - started  # evaluation and saving excluded
-            state["seconds"] = seconds_at_start + time.perf_counter() - clock_start
-            if settings.max_minutes is not None:  # every rank stops at the same step
-                state["seconds"] = self.dist.from_main(state["seconds"])
             if metrics is None:
                 bad_in_row += 1
                 if bad_in_row >= settings.max_bad_steps:
@@ -201,9 +221,8 @@ class Trainer:
                 window, window_seconds, window_tokens = [], 0.0, 0
             if step % settings.eval_every == 0 or last:
                 scores = self.evaluate_and_keep_best()
-                self.log.report(
-                    step, state["epoch"], float(metrics["loss"]), state["tokens"], state["seconds"], scores
-                )
+                loss = float(metrics["loss"])
+                self.log.report(step, state["epoch"], loss, state["tokens"], self.budget.seconds, scores)
             else:
                 self.log.tick()
             if step % settings.save_every == 0:
@@ -220,6 +239,12 @@ class Trainer:
     def _step(self) -> Tuple[Optional[Dict[str, Tensor]], int]:
         """One optimizer step over `grad_accumulation` batches: (metrics on the device, or None if
         the step was skipped; pieces seen)."""
+        self.budget.start()
+        metrics, tokens = self._optimizer_step()
+        self.budget.tick(self.state["step"])
+        return metrics, tokens
+
+    def _optimizer_step(self) -> Tuple[Optional[Dict[str, Tensor]], int]:
         settings, state, dist = self.settings, self.state, self.dist
         self._set_learning_rate()
         metrics: Dict[str, Tensor] = {}
@@ -310,6 +335,7 @@ class Trainer:
             if with_state:
                 state = {
                     **self.state,
+                    **self.budget.saved(),
                     "optimizer": self.optimizer.state_dict(),
                     "torch_rng": torch.get_rng_state(),
                 }
@@ -339,11 +365,11 @@ class Trainer:
             objective.prepare(batch, self.pieces, rng)
 
     def _set_learning_rate(self) -> None:
-        opt, state = self.settings.optimizer, self.state
-        if state["step"] < opt.warmup_steps:
-            factor = (state["step"] + 1) / opt.warmup_steps
+        opt, step = self.settings.optimizer, self.state["step"]
+        if step < opt.warmup_steps:
+            factor = (step + 1) / opt.warmup_steps
         else:
-            progress = self._decay_progress()
+            progress = self.budget.decay_progress
             factor = {
                 "linear": 1 - progress,
                 "cosine": 0.5 * (1 + math.cos(math.pi * progress)),
@@ -351,21 +377,6 @@ class Trainer:
             }[opt.decay]
         for group in self.optimizer.param_groups:
             group["lr"] = opt.learning_rate * factor
-
-    def _decay_progress(self) -> float:
-        """How far decay has come, from the end of warmup (0) to the end of the budget (1): of the
-        steps, or of the minutes, whichever is further."""
-        settings, state = self.settings, self.state
-        warmup = settings.optimizer.warmup_steps
-        progress = 0.0
-        if settings.max_steps is not None:
-            progress = (state["step"] - warmup) / max(1, settings.max_steps - warmup)
-        if settings.max_minutes is not None:
-            if state["warmup_end_seconds"] is None:
-                state["warmup_end_seconds"] = state["seconds"]
-            start, budget = state["warmup_end_seconds"], 60 * settings.max_minutes
-            progress = max(progress, (state["seconds"] - start) / max(1e-9, budget - start))
-        return min(1.0, max(0.0, progress))
 
 
 def load_saved_objectives(folder: Path) -> Optional[Dict[str, Tensor]]:

@@ -7,7 +7,7 @@ import sys
 import time
 from itertools import islice
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import numpy
 from spacy import util
@@ -17,7 +17,6 @@ from spacy.training.converters import conll_ner_to_docs
 from spacy_bert_plugin.pretraining.corpus import PieceCorpus
 
 REPO_ROOT = Path(__file__).parents[2]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 ALICE = REPO_ROOT / "tests" / "data" / "alice.txt"
 
 
@@ -39,11 +38,8 @@ def synthetic_corpus(sentences_per_doc: List[int], sentence_length: int = 7) -> 
     )
 
 
-def conll_sentences(limit: int) -> Optional[List[str]]:
-    """Sentences of the CoNLL-2003 train split (../shared/data), or None when it is absent."""
-    path = SHARED_DATA / "conll2003" / "train.iob"
-    if not path.exists():
-        return None
+def conll_sentences(path: Path, limit: int) -> List[str]:
+    """The first `limit` sentences of a CoNLL-2003 file (conll2003/train.iob of ../shared/data)."""
     sentences, words = [], []
     for line in path.read_text(encoding="utf8").splitlines():
         if not line.strip() or line.startswith("-DOCSTART-"):
@@ -57,9 +53,9 @@ def conll_sentences(limit: int) -> Optional[List[str]]:
     return sentences
 
 
-def conll_examples(nlp, n_docs: int) -> List[Example]:
-    """The first CoNLL-2003 train documents (10 sentences each) as NER examples."""
-    text = (SHARED_DATA / "conll2003" / "train.iob").read_text(encoding="utf8")
+def conll_examples(path: Path, nlp, n_docs: int) -> List[Example]:
+    """The first CoNLL-2003 documents of `path` (10 sentences each) as NER examples."""
+    text = path.read_text(encoding="utf8")
     docs = conll_ner_to_docs(text, n_sents=10, no_print=True)
     return [Example(nlp.make_doc(doc.text), doc) for doc in islice(docs, n_docs)]
 

@@ -1,21 +1,28 @@
-"""A budget of wall-clock minutes (`[bert_pretraining] max_minutes`): the run ends on time, the
-learning rate reaches its end value there, and an interrupted run spends only what is left."""
+"""The budget (`[bert_pretraining] max_steps` / `max_minutes`): ticked by every step, in
+`Trainer.run` or a loop of your own, it ends the run and decays the learning rate; a resumed run
+spends only what is left. Time is a fake clock that moves one second each time it is read (once
+per step, and once as the first step starts): no wall-clock bounds."""
 
 import io
-import os
-import signal
-import time
+from itertools import count
 from pathlib import Path
 
 import pytest
-import torch
 from pretraining_data import ALICE, tiny_config, training_rows
-from spacy.util import registry
 
-from spacy_bert_plugin.pretraining import pretrain
-from spacy_bert_plugin.pretraining.objectives import Objective
+from spacy_bert_plugin.pretraining import build_trainer
+from spacy_bert_plugin.pretraining.budget import Budget
 
 LEARNING_RATE = 0.0005  # configs/pretrain.cfg
+WARMUP = 2  # pretraining_data.TINY_OVERRIDES
+BUDGET_SECONDS = 10
+
+
+def expected_lr(step_index: int) -> float:
+    """Linear warmup over WARMUP steps, then linear decay to 0 at BUDGET_SECONDS, one second a step."""
+    if step_index < WARMUP:
+        return LEARNING_RATE * (step_index + 1) / WARMUP
+    return LEARNING_RATE * (1 - (step_index - WARMUP) / (BUDGET_SECONDS - WARMUP))
 
 
 @pytest.fixture
@@ -25,83 +32,57 @@ def corpus(tmp_path) -> Path:
     return path
 
 
-def minutes_config(corpus: Path, cache: Path, minutes: float):
-    return tiny_config(
-        corpus, cache, **{"bert_pretraining.max_steps": None, "bert_pretraining.max_minutes": minutes}
+def minutes_trainer(corpus: Path, tmp_path: Path, **kwargs):
+    config = tiny_config(
+        corpus,
+        tmp_path / "cache",
+        **{"bert_pretraining.max_steps": None, "bert_pretraining.max_minutes": BUDGET_SECONDS / 60},
     )
+    trainer = build_trainer(config, tmp_path / "out", stdout=io.StringIO(), **kwargs)
+    trainer.budget.clock = count().__next__
+    return trainer
 
 
-def saved_state(out: Path) -> dict:
-    return torch.load(out / "model-last" / "training_state.pt", weights_only=True)
+def test_budget_counts_steps_and_time_and_answers_without_changing():
+    clock = iter([100.0, 130.0, 190.0]).__next__
+    budget = Budget(max_steps=100, max_minutes=2, warmup_steps=0, clock=clock)
+    budget.start()
+    budget.tick(1)
+    assert (budget.steps, budget.seconds, budget.spent) == (1, 30.0, False)
+    before = dict(vars(budget))
+    assert budget.decay_progress == pytest.approx(0.25)  # the minutes are further along than the steps
+    assert budget.decay_progress == pytest.approx(0.25)
+    assert vars(budget) == before
+    budget.start()  # the clock runs on; starting again does not reset it
+    budget.tick(2)
+    assert (budget.seconds, budget.spent, budget.decay_progress) == (90.0, False, 0.75)
+    assert Budget(max_steps=2, max_minutes=None, warmup_steps=0, steps=2).spent
 
 
-def test_max_minutes_ends_the_run_on_time_with_the_learning_rate_decayed(corpus, tmp_path):
-    budget = 3.0
-    out = tmp_path / "out"
-    pretrain(minutes_config(corpus, tmp_path / "cache", budget / 60), out, stdout=io.StringIO())
-    seconds = saved_state(out)["seconds"]
-    rows = training_rows(out)
-    step_seconds = seconds / len(rows)
-    assert budget <= seconds < budget + 1.5 + 2 * step_seconds, seconds
-    assert len(rows) >= 5, "too few steps in the budget to see the schedule"
-    lrs = [row["lr"] for row in rows]
-    warmup = 2
-    assert lrs[warmup - 1] == pytest.approx(LEARNING_RATE)
-    assert all(later <= earlier for earlier, later in zip(lrs[warmup:], lrs[warmup + 1 :])), lrs
-    # Linear decay to 0 at the budget: the last step starts at most a step or two before it.
-    assert lrs[-1] < LEARNING_RATE * (0.1 + 2 * step_seconds / budget), lrs
+def test_a_loop_of_your_own_ends_with_max_minutes_and_its_learning_rate_decays(corpus, tmp_path):
+    trainer = minutes_trainer(corpus, tmp_path, dry_run=True)
+    lrs = []
+    while not trainer.done:
+        assert trainer.step() is not None
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+    assert len(lrs) == BUDGET_SECONDS
+    assert lrs == pytest.approx([expected_lr(i) for i in range(BUDGET_SECONDS)])
+    assert trainer.budget.decay_progress == 1.0
 
 
-# Sends its own process SIGINT once, after `after_seconds` of training steps: an interruption at a
-# known point of the budget, inside the run (where pretrain() handles the signal).
-_interrupted = []
+def test_run_follows_the_same_schedule_and_a_resumed_run_spends_what_is_left(corpus, tmp_path):
+    interrupted_at = 6
+    trainer = minutes_trainer(corpus, tmp_path)
+    trainer.run(stop=lambda: trainer.state["step"] >= interrupted_at)
+    trainer.log.close()
+    assert trainer.state["step"] == interrupted_at and trainer.budget.seconds == interrupted_at
 
-
-class InterruptOnce(Objective):
-    name = "interrupt"
-
-    def __init__(self, after_seconds: float):
-        super().__init__(0.0)
-        self.after_seconds = after_seconds
-        self.started = None
-
-    def loss(self, model, hidden, batch, tensors):
-        if self.training and not _interrupted:
-            self.started = self.started or time.perf_counter()
-            if time.perf_counter() - self.started >= self.after_seconds:
-                _interrupted.append(True)
-                os.kill(os.getpid(), signal.SIGINT)
-        return hidden.sum() * 0.0, {}
-
-
-registry.bert_objectives.register(
-    "test.InterruptOnce.v1", func=lambda after_seconds: InterruptOnce(after_seconds)
-)
-
-
-def test_time_spent_before_an_interruption_counts_against_the_budget(corpus, tmp_path, capsys):
-    budget, interrupt_after = 9.0, 6.0
-    config = minutes_config(corpus, tmp_path / "cache", budget / 60)
-    config["bert_pretraining"]["objectives"]["interrupt"] = {
-        "@bert_objectives": "test.InterruptOnce.v1",
-        "after_seconds": interrupt_after,
-    }
-    out = tmp_path / "out"
-    _interrupted.clear()
-    with pytest.raises(SystemExit) as stopped:
-        pretrain(config, out, stdout=io.StringIO())
-    assert stopped.value.code == 128 + signal.SIGINT
-    assert "continue with --resume" in capsys.readouterr().err
-    first = saved_state(out)["seconds"]
-    assert interrupt_after <= first < budget, first
-
-    started = time.perf_counter()
-    pretrain(config, out, resume=True, stdout=io.StringIO())
-    resumed_wall = time.perf_counter() - started
-    total = saved_state(out)["seconds"]
-    assert budget <= total < budget + 2.0, total
-    # Only what was left of the budget (3 s, plus the setup), not a new 9 s.
-    assert resumed_wall < budget - 1.5, f"the resumed run took {resumed_wall:.1f} s of a {budget} s budget"
-    rows = training_rows(out)
-    assert [row["step"] for row in rows] == list(range(1, len(rows) + 1))
-    assert rows[-1]["lr"] < 0.15 * LEARNING_RATE
+    resumed = minutes_trainer(corpus, tmp_path, resume=True)
+    assert resumed.budget.seconds == interrupted_at
+    resumed.run()
+    resumed.log.close()
+    rows = training_rows(tmp_path / "out")
+    assert [row["step"] for row in rows] == list(range(1, BUDGET_SECONDS + 1))
+    assert [row["lr"] for row in rows] == pytest.approx(
+        [expected_lr(i) for i in range(BUDGET_SECONDS)], abs=1e-6
+    )

@@ -30,9 +30,6 @@ from spacy.util import import_file, registry
 from spacy_bert_plugin.pretraining import pretrain
 from spacy_bert_plugin.pretraining.runtime import default_threads
 from spacy_bert_plugin.pretraining.settings import (
-    DEFAULT_LOGGER,
-    OptimizerSettings,
-    PretrainingSettings,
     SettingsError,
     read_settings,
 )
@@ -177,25 +174,19 @@ def _cfg_section(*keys: str) -> dict:
     return section
 
 
-@pytest.mark.parametrize(
-    "schema, keys",
-    [(PretrainingSettings, ["bert_pretraining"]), (OptimizerSettings, ["bert_pretraining", "optimizer"])],
-)
-def test_schema_defaults_are_the_values_in_configs_pretrain_cfg(schema, keys):
-    shipped = _cfg_section(*keys)
-    nested = {"optimizer", "logger", "objectives"}  # sections of their own, compared below
-    for name, field in schema.model_fields.items():
-        if field.is_required() or name in nested:
-            continue
-        assert name in shipped, f"[{'.'.join(keys)}] {name} is missing from {PRETRAIN_CFG.name}"
-        assert shipped[name] == field.default, (
-            f"[{'.'.join(keys)}] {name}: {shipped[name]!r} != {field.default!r}"
-        )
-    assert set(shipped) <= set(schema.model_fields), set(shipped) - set(schema.model_fields)
-
-
-def test_default_logger_is_the_logger_block_of_configs_pretrain_cfg():
-    assert dict(_cfg_section("bert_pretraining", "logger")) == DEFAULT_LOGGER
+def test_keys_a_config_leaves_out_take_configs_pretrain_cfg_values():
+    full = util.load_config(PRETRAIN_CFG, interpolate=True)
+    short = full.copy()
+    short["bert_pretraining"] = {
+        "objectives": full["bert_pretraining"]["objectives"],
+        "max_length": 64,
+        "optimizer": {"learning_rate": 0.001},
+    }
+    expected = read_settings(full).model_dump(exclude={"objectives", "logger"})
+    expected["max_length"], expected["optimizer"]["learning_rate"] = 64, 0.001
+    settings = read_settings(short)
+    assert settings.model_dump(exclude={"objectives", "logger"}) == expected
+    assert type(settings.logger) is type(read_settings(full).logger)
 
 
 @pytest.mark.parametrize("name", ["mlm", "nsp"])
@@ -238,3 +229,31 @@ def test_mlflow_logger_records_the_run(corpus, cache, tmp_path, monkeypatch, pai
     # spaCy's score: the mean of the held-out accuracies of the objectives.
     expected_scores = [(row["eval_mlm_accuracy"] + row["eval_nsp_accuracy"]) / 2 for row in evals]
     assert metrics["score"] == pytest.approx(expected_scores, abs=1e-6)
+
+
+def test_max_length_beyond_the_positions_is_refused_before_the_corpus_is_read(cache, tmp_path):
+    """The corpus named does not exist: the run must stop at max_length, before looking for it."""
+    code, output, escaped = run_cli(
+        PRETRAIN_CFG,
+        tmp_path / "out",
+        *cli_overrides(tmp_path / "missing.txt", cache, **{"bert_pretraining.max_length": 100}),
+        "--dry-run",
+    )
+    assert escaped is None and code == 1, output
+    assert failure_message(output) == (
+        "[bert_pretraining] max_length = 100 exceeds [components.bert_encoder.model] max_positions = 64: "
+        "lower max_length"
+    )
+
+
+def test_nsp_on_a_one_document_corpus_fails_the_dry_run(cache, tmp_path):
+    """A .txt without blank lines is one document: no "random next" segment can be drawn."""
+    corpus = tmp_path / "one.txt"
+    corpus.write_text(ALICE.read_text(encoding="utf8").replace("\n\n", "\n"), encoding="utf8")
+    overrides = cli_overrides(corpus, cache, **{"bert_pretraining.heldout_docs": 0})
+    code, output, escaped = run_cli(PRETRAIN_CFG, tmp_path / "out", *overrides, "--dry-run")
+    assert escaped is None and code == 1, output
+    assert failure_message(output).startswith(
+        "NSP needs at least two documents (a random next segment comes from another one), and the "
+        "training corpus has one:"
+    )

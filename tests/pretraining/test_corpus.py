@@ -5,6 +5,7 @@ import os
 import random
 import string
 import time
+from pathlib import Path
 
 import numpy
 import pytest
@@ -18,15 +19,20 @@ from spacy_bert_plugin.pretraining.corpus import (
     CorpusStats,
     _Progress,
     corpus_files,
+    docs_per_second,
     prepare_corpora,
     read_texts,
     tokenized_docs,
 )
-from spacy_bert_plugin.pretraining.settings import PretrainingSettings
+from spacy_bert_plugin.pretraining.settings import PretrainingSettings, default_section
 
 
 def corpus_settings(cache, **values) -> PretrainingSettings:
-    return PretrainingSettings(max_steps=1, objectives={}, cache_dir=str(cache), **values)
+    """Settings caching in `cache` (None: the default folder)."""
+    cache_dir = None if cache is None else str(cache)
+    return PretrainingSettings(
+        **{**default_section(), "max_steps": 1, "objectives": {}, "cache_dir": cache_dir, **values}
+    )
 
 
 def alice_paragraphs():
@@ -373,3 +379,50 @@ def test_interrupted_preparation_removes_its_temporary_folder(tmp_path, nlp, pie
         .splitlines()[-1]
         .startswith("Interrupted while preparing the corpus: removed the unfinished cache")
     )
+
+
+# The cache folder
+
+# A folder nobody may write in, root included (sysfs refuses new entries).
+READ_ONLY = Path("/sys")
+
+
+@pytest.mark.skipif(not READ_ONLY.is_dir(), reason="needs /sys, a folder root cannot write in either")
+@pytest.mark.parametrize("where", ["cache_dir", "home"])
+def test_read_only_cache_folder_is_named_in_one_line(tmp_path, nlp, pieces, monkeypatch, where):
+    corpus = tmp_path / "alice.txt"
+    corpus.write_text(ALICE.read_text(encoding="utf8"), encoding="utf8")
+    if where == "cache_dir":
+        settings, folder, which = corpus_settings(READ_ONLY), READ_ONLY, ""
+    else:  # cache_dir null: under a read-only HOME
+        monkeypatch.setenv("HOME", str(READ_ONLY / "home"))
+        settings = corpus_settings(None)
+        folder, which = (
+            READ_ONLY / "home" / ".cache" / "spacy-bert-plugin",
+            " (the default, as cache_dir is null)",
+        )
+    with pytest.raises(CorpusError) as info:
+        prepare_corpora(str(corpus), nlp, settings, io.StringIO(), pieces)
+    assert str(info.value).startswith(f"the corpus cache folder {folder}{which} cannot be written (")
+    assert str(info.value).endswith(
+        "set [bert_pretraining] cache_dir to a writable folder (--bert_pretraining.cache_dir DIR)"
+    )
+
+
+def test_cache_dir_that_is_a_file_is_named(tmp_path, nlp, pieces):
+    corpus = tmp_path / "alice.txt"
+    corpus.write_text(ALICE.read_text(encoding="utf8"), encoding="utf8")
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("")
+    expected = rf"^the corpus cache folder {not_a_folder} is a file: set \[bert_pretraining\] cache_dir"
+    with pytest.raises(CorpusError, match=expected):
+        prepare_corpora(str(corpus), nlp, corpus_settings(not_a_folder), io.StringIO(), pieces)
+
+
+@pytest.mark.parametrize(
+    "docs, seconds, shown",
+    [(1, 3.5, "0.29 docs/s"), (0, 2.0, "0 docs/s"), (7, 2.0, "3.5 docs/s"), (12_345, 2.0, "6,172 docs/s")],
+)
+def test_slow_rates_are_not_shown_as_zero(docs, seconds, shown):
+    """A one-document corpus prepared in 3.5 s once read "0 docs/s"."""
+    assert docs_per_second(docs, seconds) == shown

@@ -206,7 +206,15 @@ def test_a_student_checkpoint_of_another_vocabulary_is_refused(alice_corpus, tmp
         alice_corpus,
         tmp_path / "cache",
         teacher,
-        **{"components.bert_encoder.model.hidden_width": 32, "components.bert_encoder.model.num_layers": 2},
+        **{
+            f"components.bert_encoder.model.{key}": TINY_SIZES[hf_key]
+            for key, hf_key in (
+                ("hidden_width", "hidden_size"),
+                ("num_layers", "num_hidden_layers"),
+                ("num_heads", "num_attention_heads"),
+                ("intermediate_width", "intermediate_size"),
+            )
+        },
     )
     config["components"]["bert_encoder"]["checkpoint"] = str(student)
     with pytest.raises(RuntimeError) as error:

@@ -2,6 +2,7 @@ import numpy
 import pytest
 from pretraining_data import synthetic_corpus
 
+from spacy_bert_plugin.errors import CorpusError
 from spacy_bert_plugin.pretraining.instances import (
     bucket_batches,
     build_batch,
@@ -103,3 +104,13 @@ def test_batch_stream_is_determined_by_seed_and_epoch():
 def test_unknown_pairing():
     with pytest.raises(ValueError, match="pairing"):
         make_instances(synthetic_corpus([2]), 32, "shuffle", numpy.random.default_rng(0))
+
+
+def test_nsp_on_one_document_is_refused_not_mislabelled():
+    """With one document there is no other one to draw a random next segment from."""
+    corpus = synthetic_corpus([40])
+    with pytest.raises(CorpusError, match="NSP needs at least two documents"):
+        make_instances(corpus, max_length=40, pairing="next", rng=numpy.random.default_rng(0))
+    # SOP pairs within a document and needs no second one.
+    instances = make_instances(corpus, max_length=40, pairing="order", rng=numpy.random.default_rng(0))
+    assert len(instances) and set(instances[:, 4]) == {0, 1}

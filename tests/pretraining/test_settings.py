@@ -64,3 +64,17 @@ def test_missing_section():
     del config["bert_pretraining"]
     with pytest.raises(SettingsError, match=r"no \[bert_pretraining\] section"):
         read_settings(config)
+
+
+@pytest.mark.parametrize("length", [1, 3, 4])
+def test_too_short_max_length_is_refused_with_the_settings(length):
+    """With NSP a sequence needs [CLS], two [SEP] and a piece in each segment."""
+    with pytest.raises(SettingsError, match=rf"max_length = {length} leaves no room for text: at least 5"):
+        settings_with(**{"bert_pretraining.max_length": length})
+    assert settings_with(**{"bert_pretraining.max_length": 5}).max_length == 5
+    no_pairs = {"bert_pretraining.objectives.nsp": None}
+    if length < 4:
+        with pytest.raises(SettingsError, match="at least 4"):
+            settings_with(**no_pairs, **{"bert_pretraining.max_length": length})
+    else:
+        assert settings_with(**no_pairs, **{"bert_pretraining.max_length": length}).max_length == 4

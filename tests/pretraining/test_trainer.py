@@ -240,10 +240,9 @@ def test_two_process_ddp_follows_the_single_process_curve(alice_corpus, tmp_path
 
 
 @pytest.mark.slow
-def test_pretraining_on_real_sentences_then_ner_starts_from_it(tmp_path):
-    sentences = conll_sentences(3000)
-    if sentences is None:
-        pytest.skip("../shared/data/conll2003 is absent: the real-text end-to-end run needs it")
+def test_pretraining_on_real_sentences_then_ner_starts_from_it(shared_data, tmp_path):
+    conll_train = shared_data("conll2003/train.iob")
+    sentences = conll_sentences(conll_train, 3000)
     docs = [" ".join(sentences[i : i + 5]) for i in range(0, len(sentences), 5)]
     raw_text = write_jsonl(tmp_path / "news.jsonl", docs)
     out = tmp_path / "pretrain"
@@ -283,7 +282,7 @@ def test_pretraining_on_real_sentences_then_ner_starts_from_it(tmp_path):
         interpolate=True,
     )
     nlp = util.load_model_from_config(ner_config, auto_fill=True)
-    nlp.initialize(lambda: conll_examples(nlp, 20))
+    nlp.initialize(lambda: conll_examples(conll_train, nlp, 20))
     encoder = get_encoder(nlp.get_pipe("bert_encoder").model)
     best = weights(out / "model-best")
     torch.testing.assert_close(
