@@ -186,11 +186,20 @@ class BertEncoder(nn.Module):
     ) -> Tensor:
         """`padding_mask` is True at real pieces; pass None when the batch has no padding so that
         attention can take its fastest unmasked kernel."""
+        return self.layer_states(input_ids, padding_mask, token_type_ids)[-1]
+
+    def layer_states(
+        self,
+        input_ids: Tensor,
+        padding_mask: Optional[Tensor] = None,
+        token_type_ids: Optional[Tensor] = None,
+    ) -> List[Tensor]:
+        """The embeddings' output and each layer's: `num_layers + 1` tensors shaped as `forward`'s."""
         attention_mask = None if padding_mask is None else padding_mask[:, None, None, :]
-        x = self.embeddings(input_ids, token_type_ids)
+        states = [self.embeddings(input_ids, token_type_ids)]
         for layer in self.layers:
-            x = layer(x, attention_mask)
-        return x
+            states.append(layer(states[-1], attention_mask))
+        return states
 
     def pool(self, hidden: Tensor) -> Tensor:
         """BERT's sentence vector: tanh(dense([CLS]))."""
