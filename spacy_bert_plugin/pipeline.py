@@ -23,7 +23,15 @@ from thinc.types import Floats2d
 from . import __version__
 from .checkpoint import load_encoder, read_checkpoint, save_checkpoint
 from .errors import COMPONENT, CheckpointError, EncoderConfigError
-from .layers import check_checkpoint_sizes, dropout_rates, get_encoder, new_random_encoder, set_encoder
+from .layers import (
+    check_checkpoint_sizes,
+    dropout_rates,
+    fused_adam_applies,
+    fused_adam_update,
+    get_encoder,
+    new_random_encoder,
+    set_encoder,
+)
 from .pieces import WordPieces
 
 DEFAULT_BERT_MODEL = """
@@ -203,7 +211,14 @@ class BertEncoderComponent(Tok2Vec):
         if self.is_frozen:
             return
         scale = self.cfg["learn_rate_scale"]
-        super().finish_update(sgd if scale == 1.0 else partial(sgd, lr_scale=scale))
+        device = next(get_encoder(self.model).parameters()).device
+        if not fused_adam_applies(sgd, device):  # RAdam, SGD, a GPU: thinc's steps, weight by weight
+            super().finish_update(sgd if scale == 1.0 else partial(sgd, lr_scale=scale))
+            return
+        # Adam on the CPU: thinc's steps, all the encoder's weights in one fused torch kernel call.
+        for node in self.model.walk():
+            for shim in node.shims:
+                fused_adam_update(shim, sgd, lr_scale=scale)
 
     @property
     def is_frozen(self) -> bool:

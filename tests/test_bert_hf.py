@@ -8,8 +8,9 @@ import torch
 from tiny_bert import bert_nlp
 
 from spacy_bert_plugin.bert import encoder as encoder_module
+from spacy_bert_plugin.bert.config import BertConfig
 from spacy_bert_plugin.bert.dropout import keep_mask
-from spacy_bert_plugin.bert.encoder import attention
+from spacy_bert_plugin.bert.encoder import BertEncoder, attention
 from spacy_bert_plugin.bert.hf import from_hf_state, to_hf_state
 from spacy_bert_plugin.checkpoint import load_checkpoint
 
@@ -220,3 +221,25 @@ def test_hf_state_accepts_bert_model_and_legacy_layer_norm_names(hf_checkpoint):
     )
     query = model.state_dict()["encoder.layer.1.attention.self.query.weight"]
     assert torch.equal(ours["encoder.layers.1.attention.qkv.weight"][: query.shape[0]], query)
+
+
+def test_word_embedding_gradient_added_into_a_kept_one_equals_the_dense_one():
+    """With a zeroed gradient kept between steps, the word embeddings' backward adds the looked-up
+    rows only (a sparse gradient); the result is the dense backward's, the padding row untouched."""
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=40, hidden_width=8, num_layers=1, num_heads=2, intermediate_width=16)
+    encoder = BertEncoder(config).train()
+    embeddings = encoder.embeddings
+    ids = torch.tensor([[2, 5, 5, 9, 0], [7, 2, 3, 0, 0]])
+    target = torch.randn(2, 5, 8)
+    grads = []
+    for _ in range(2):
+        torch.manual_seed(1)  # the same dropout masks
+        sparse = embeddings._sparse_word_gradient()
+        (embeddings(ids) * target).sum().backward()
+        grads.append((sparse, embeddings.word.weight.grad.clone()))
+        embeddings.word.weight.grad.zero_()
+    (dense_path, dense), (sparse_path, added) = grads
+    assert not dense_path and sparse_path and added.layout == torch.strided
+    torch.testing.assert_close(added, dense)
+    assert not added[config.pad_token_id].any() and added[5].any()

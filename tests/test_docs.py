@@ -32,7 +32,13 @@ READMES = {"README.md": REPO_ROOT, "project/README.md": REPO_ROOT / "project"}
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 # spaCy commands this module runs on tiny data (see test_readme_commands_run).
-RUN_HERE = ("spacy bert-pretrain", "spacy bert-init-config", "spacy train", "spacy bert-export-hf")
+RUN_HERE = (
+    "spacy bert-pretrain",
+    "spacy bert-init-config",
+    "spacy train",
+    "spacy bert-export-hf",
+    "spacy apply",
+)
 
 
 # Commands too slow or too global to run here (make targets, project workflows, the project's
@@ -127,7 +133,13 @@ def check_flags(argv: List[str], options: set, config: Dict, where: str) -> None
     for token in argv:
         if not token.startswith("--"):
             continue
-        if "." in token:
+        reader = reader_override(argv, token)
+        if reader is not None:
+            name = token[2:].rsplit(".", 1)[1]
+            assert name in reader, (
+                f"{shlex.join(argv)}: {token} is no setting of the reader ({sorted(reader)})"
+            )
+        elif "." in token:
             assert has_key(config, token[2:]), f"{shlex.join(argv)}: {token} is no key of {where}"
         else:
             assert token in options, f"{shlex.join(argv)}: {token} is not an option ({sorted(options)})"
@@ -198,6 +210,18 @@ def test_other_commands_run_dry(readme, argv):
         assert f"python {script}" in output, f"{shlex.join(argv)}: the `all` workflow never runs {script}"
 
 
+def reader_override(argv: List[str], token: str):
+    """The settings of the reader that `argv` puts in the corpus section `token` sets a key of
+    (`--corpora.train.@readers NAME --corpora.train.KEY ...`), or None when it keeps the config's."""
+    section = token[2:].rsplit(".", 1)[0]
+    if not section.startswith("corpora.") or f"--{section}.@readers" not in argv:
+        return None
+    import inspect
+
+    name = argv[argv.index(f"--{section}.@readers") + 1]
+    return {"@readers", *inspect.signature(util.registry.readers.get(name)).parameters}
+
+
 def overrides(values: Dict[str, str], config: Path) -> List[str]:
     """`--key value` for the keys the config has (the CPU recipe may lack a size it fixes)."""
     loaded = util.load_config(config, interpolate=False)
@@ -239,18 +263,28 @@ def test_readme_commands_run(tmp_path, monkeypatch):
     corpus = tmp_path / "corpus.jsonl"
     srsly.write_jsonl(corpus, [{"text": text} for text in alice_paragraphs()])
     commands = [argv[3:] for argv in shell_commands("README.md") if command_key(argv) in RUN_HERE]
-    order = {name: index for index, name in enumerate(("bert-pretrain", "bert-init-config", "train"))}
-    commands.sort(key=lambda argv: order.get(argv[0], len(order)))
+    # Distillation needs a teacher (a checkpoint pretrained before), `spacy apply` a trained
+    # pipeline, and training on what a teacher labelled the output of `spacy apply`.
+    order = ("bert-pretrain", "distill", "bert-init-config", "train", "apply", "train on labelled")
+
+    def stage(argv: List[str]) -> int:
+        if "--paths.teacher" in argv:
+            return order.index("distill")
+        if argv[0] == "train" and any(token.endswith(".teacher_path") for token in argv):
+            return order.index("train on labelled")
+        return order.index(argv[0]) if argv[0] in order else len(order)
+
+    commands.sort(key=stage)
     assert {argv[0] for argv in commands} == {key.split()[1] for key in RUN_HERE}
     pretrained = None
     trained = None
+    labelled = None
     for n, argv in enumerate(commands):
         name = argv[0]
         if name == "bert-pretrain":
             out = tmp_path / f"pretrain-{n}"
-            args = [name, argv[1], str(out)] + [
-                str(corpus) if a in ("corpus.jsonl", "FILE") else a for a in argv[3:]
-            ]
+            substitute = {"corpus.jsonl": str(corpus), "FILE": str(corpus), "TEACHER_DIR": str(pretrained)}
+            args = [name, argv[1], str(out)] + [substitute.get(a, a) for a in argv[3:]]
             args += overrides(TINY_PRETRAINING, REPO_ROOT / argv[1])
             args += ["--bert_pretraining.cache_dir", str(tmp_path / "cache")]
             invoke(args)
@@ -266,13 +300,22 @@ def test_readme_commands_run(tmp_path, monkeypatch):
             assert pretrained is not None, "README.md pretrains nothing for spacy train to start from"
             task = "ner" if "ner" in Path(argv[1]).stem else "textcat"
             data = write_docbins(tmp_path / f"data-{n}", task)
-            substitute = {"train.spacy": str(data / "train.spacy"), "dev.spacy": str(data / "dev.spacy")}
+            substitute = {
+                "train.spacy": str(data / "train.spacy"),
+                "dev.spacy": str(data / "dev.spacy"),
+                "teacher.spacy": str(labelled),
+            }
             args = [substitute.get(a, a) for a in argv]
             args[args.index("--output") + 1] = str(tmp_path / f"training-{n}")
             args[args.index("--paths.init_bert") + 1] = str(pretrained)
             invoke(args + overrides(TINY_TRAINING, REPO_ROOT / argv[1]))
             assert (tmp_path / f"training-{n}" / "model-last" / "config.cfg").exists()
             trained = trained or tmp_path / f"training-{n}" / "model-last"
+        elif name == "apply":  # apply PIPELINE TEXTS OUTPUT [options]
+            assert trained is not None, "README.md trains no pipeline for spacy apply to run"
+            labelled = tmp_path / f"labelled-{n}.spacy"
+            invoke([name, str(trained), str(corpus), str(labelled), *argv[4:]])
+            assert len(DocBin().from_disk(labelled)) == len(alice_paragraphs())
         else:  # bert-export-hf PIPELINE_OR_CHECKPOINT OUTPUT_DIR [--component NAME]
             assert trained is not None
             args = [name, str(trained), str(tmp_path / f"export-{n}")]

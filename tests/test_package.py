@@ -122,7 +122,7 @@ def test_registered_once_through_entry_points():
     do), so none is registered twice under different names, and each target exists."""
     decorated = [name for name, path in MODULES.items() if "@registry." in path.read_text(encoding="utf8")]
     assert decorated == []
-    groups = ("spacy_architectures", "spacy_bert_objectives", "spacy_factories", "spacy_cli")
+    groups = ("spacy_architectures", "spacy_bert_objectives", "spacy_factories", "spacy_cli", "spacy_readers")
     for entry in (entry for group in groups for entry in entry_points(group=group)):
         if entry.value.startswith(PACKAGE):
             assert callable(entry.load()), entry

@@ -80,10 +80,18 @@ def test_smoke_workflow_writes_metrics_and_report(tmp_path: Path) -> None:
     assert "hidden_width = 128" in ner_config and "num_layers = 2" in ner_config
     assert '@architectures = "spacy.TextCatBOW.v3"' in (configs / "spacy-textcat.cfg").read_text()
     assert '@architectures = "spacy.Tok2Vec.v2"' in (configs / "spacy-ner.cfg").read_text()
+    assert (
+        '@architectures = "spacy.TextCatEnsemble.v2"' in (configs / "spacy-textcat-accuracy.cfg").read_text()
+    )
+    assert '@architectures = "spacy_bert_plugin.TextCatBertBOW.v1"' in (configs / "textcat.cfg").read_text()
 
     metrics = project / "smoke" / "metrics"
+    pipelines = {
+        "textcat": ("", "-baseline", "-spacy", "-spacy-accuracy"),
+        "ner": ("", "-baseline", "-spacy"),
+    }
     for task, key in [("textcat", "cats_score"), ("ner", "ents_f")]:
-        for suffix in ("", "-baseline", "-spacy"):
+        for suffix in pipelines[task]:
             scores = json.loads((metrics / f"{task}{suffix}.json").read_text())
             assert isinstance(scores[key], float) and 0.0 <= scores[key] <= 1.0, (task, suffix, scores[key])
             assert scores["speed"] > 0
@@ -91,8 +99,9 @@ def test_smoke_workflow_writes_metrics_and_report(tmp_path: Path) -> None:
     for png in ("pretraining_loss.png", "scores.png"):
         assert (metrics / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (metrics / "report.md").read_text()
-    pipelines = ("pretrained", "baseline", "spacy")
-    for row in (f"| {task} | {pipeline} |" for task in ("textcat", "ner") for pipeline in pipelines):
+    rows = [f"| textcat | {pipeline} |" for pipeline in ("pretrained", "baseline", "spacy", "spacy-accuracy")]
+    rows += [f"| ner | {pipeline} |" for pipeline in ("pretrained", "baseline", "spacy")]
+    for row in rows:
         line = next(line for line in report.splitlines() if line.startswith(row))
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         float(cells[4])  # F is a number

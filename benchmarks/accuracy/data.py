@@ -187,3 +187,18 @@ def _sample(records: List[dict], limit: Optional[int]) -> List[dict]:
 def _with_limit(path: Path, limit: Optional[int]) -> Path:
     """The cache file name says how many docs it holds, so budgets never share a subset."""
     return path.with_name(f"{path.stem}-{limit or 'all'}{path.suffix}")
+
+
+def bbc_docbins(cache: Path) -> Dict[str, Path]:
+    """The demo's BBC News topics (5 labels, whole articles): the project's fetch_assets.py and
+    `prepare_data.py textcat` split, as train/dev/test DocBins."""
+    out = cache / "bbc"
+    splits = {split: out / f"{split}.spacy" for split in ("train", "dev", "test")}
+    if all(path.exists() for path in splits.values()):
+        return splits
+    source = REPO / "project" / "assets" / "bbcnews"
+    if not source.exists():
+        run([sys.executable, PROJECT_SCRIPTS / "fetch_assets.py", cache / "assets"])
+        source = cache / "assets" / "bbcnews"
+    run([sys.executable, PROJECT_SCRIPTS / "prepare_data.py", "textcat", source, out])
+    return splits

@@ -129,6 +129,7 @@ class FineTune:
     batch_words: int = 1000
     tok2vec: Optional[Dict[str, Any]] = None  # the head's tok2vec block; None: LISTENER
     head: Optional[Dict[str, Any]] = None  # the head's model block but its tok2vec; None: the config's
+    head_settings: Optional[Dict[str, Any]] = None  # settings changed in the config's head block
     frozen: bool = False
     frozen_steps: int = 0
     learn_rate_scale: float = 1.0  # the encoder's learning rate / the head's
@@ -181,6 +182,34 @@ ENSEMBLE = {
 TEXTCAT_FEATURE_ARMS = {
     "pretrained-features-bow": ("pretrained", {"tok2vec": token_features("sum"), "head": ENSEMBLE})
 }
+# --textcat: the shipped textcat (`pretrained`, `random`: configs/textcat.cfg as it is) beside BERT
+# alone (the previous shipped head: mean and max of the features-summed vectors, a softmax layer),
+# and variants of the shipped head, one setting changed.
+BERT_ALONE = {
+    "@architectures": "spacy.TextCatReduce.v1",
+    "exclusive_classes": True,
+    "use_reduce_first": False,
+    "use_reduce_last": False,
+    "use_reduce_max": True,
+    "use_reduce_mean": True,
+    "nO": None,
+}
+TEXTCAT_ARMS: Dict[str, Tuple[str, Dict[str, Any]]] = {
+    "bert-pretrained": ("pretrained", {"head": BERT_ALONE}),
+    "bert-random": ("random", {"head": BERT_ALONE}),
+}
+TEXTCAT_VARIANTS: Dict[str, Tuple[str, Dict[str, Any]]] = {
+    "pooling-mean": ("pretrained", {"head_settings": {"pooling": "mean"}}),
+    "pooling-max": ("pretrained", {"head_settings": {"pooling": "max"}}),
+    "pooling-attention": ("pretrained", {"head_settings": {"pooling": "attention"}}),
+    "bow-lr-x1": ("pretrained", {"head_settings": {"bow_learn_rate_scale": 1.0}}),
+    "bow-lr-x4": ("pretrained", {"head_settings": {"bow_learn_rate_scale": 4.0}}),
+}
+# on every textcat task: a faster bag of words than the shipped one
+TEXTCAT_RATE_ARMS = {"bow-lr-x64": ("pretrained", {"head_settings": {"bow_learn_rate_scale": 64.0}})}
+# spaCy's textcat arms: `init config -p textcat` (bag of words, unigrams), the same with word pairs,
+# and `-o accuracy` (CNN + bag-of-words ensemble, no vectors).
+SPACY_TEXTCAT_ARMS = ("bow", "bow2", "cnn")
 # --schedule: the features + window arm with one change to its fine-tuning schedule: a lower
 # learning rate for the encoder than for the head and features, the encoder frozen for the first
 # steps, fewer or more steps.
@@ -211,6 +240,7 @@ SEEDED_ARMS = (
     "cnn",
     LONG_CNN,
     "bow",
+    "bow2",
 )
 
 
@@ -242,6 +272,7 @@ class Budget:
     # extra fine-tuning learning rates tried for both BERT arms
     lr_sweep: Tuple[float, ...] = ()
     lr_sweep_tasks: Tuple[str, ...] = ("sst2",)
+    bbc: FineTune = FineTune(steps=150, warmup_steps=15)
 
 
 BUDGETS: Dict[str, Budget] = {
@@ -289,6 +320,30 @@ BUDGETS: Dict[str, Budget] = {
         imdb=FineTune(steps=300, warmup_steps=30),
         ablation_steps=1500,
         ablation_finetune=FineTune(steps=300, warmup_steps=30),
+    ),
+    # --textcat: about 60 CPU minutes on one thread with --seeds 3 and --pretrain-minutes 2.5.
+    "textcat": Budget(
+        name="textcat",
+        news_docs=None,
+        conll_pretrain_docs=None,
+        imdb_pretrain_docs=10000,
+        heldout_docs=50,
+        eval_batches=10,
+        ner_pretraining=NER_PRETRAINING,
+        sentiment_pretraining=SENTIMENT_PRETRAINING,
+        ner_train_docs=100,
+        ner_eval_docs=30,
+        sst2_train=20000,
+        sst2_eval=None,
+        imdb_train=2000,
+        imdb_test=1000,
+        train_dev_docs=20,
+        ner=FineTune(steps=20, warmup_steps=4),
+        sst2=FineTune(steps=200, warmup_steps=20),
+        imdb=FineTune(steps=150, warmup_steps=15, batch_words=1500),
+        ablation_steps=16,
+        ablation_finetune=FineTune(steps=8, warmup_steps=2),
+        bbc=FineTune(steps=200, warmup_steps=20),
     ),
     "full": Budget(
         name="full",
@@ -387,11 +442,21 @@ def prepare_tasks(budget: Budget) -> Tuple[Dict[str, Task], Dict[str, Path]]:
         finetune=budget.imdb,
         arms=["pretrained", "random", "cnn", "bow"],
     )
+    bbc_splits = data.bbc_docbins(DATA_CACHE)
+    bbc = Task(
+        name="bbc",
+        kind="textcat",
+        train=bbc_splits["train"],
+        evals={"test": bbc_splits["test"]},
+        train_dev=head(bbc_splits["dev"], sub / "bbc-train-dev.spacy", budget.train_dev_docs),
+        finetune=budget.bbc,
+        arms=["pretrained", "random", "cnn", "bow"],
+    )
     corpora = {
         "news": data.ner_pretraining_text(DATA_CACHE, budget.news_docs, budget.conll_pretrain_docs),
         "imdb": data.imdb_pretraining_text(DATA_CACHE, budget.imdb_pretrain_docs),
     }
-    return {task.name: task for task in (ner, sst2, imdb)}, corpora
+    return {task.name: task for task in (ner, sst2, imdb, bbc)}, corpora
 
 
 # ---- pretraining -------------------------------------------------------------------------------
@@ -522,9 +587,13 @@ def bert_config(task: Task, init_bert: Optional[Path], pretraining: Config, fine
     from spacy import util
 
     config = util.load_config(CONFIGS / name, overrides=overrides, interpolate=False)
+    model = config["components"][task.kind]["model"]
     if finetune.head is not None:
-        config["components"][task.kind]["model"] = dict(finetune.head)
-    config["components"][task.kind]["model"]["tok2vec"] = dict(finetune.tok2vec or LISTENER)
+        model = config["components"][task.kind]["model"] = {**finetune.head, "tok2vec": model["tok2vec"]}
+    model.update(finetune.head_settings or {})
+    # textcat arms read the shipped head's tok2vec; NER's BERT alone the bare listener
+    if finetune.tok2vec is not None or task.kind == "ner":
+        model["tok2vec"] = dict(finetune.tok2vec or LISTENER)
     return config
 
 
@@ -557,6 +626,8 @@ def spacy_config(task: Task, arm: str, cpu_budget: float, seed: int = 0) -> Conf
         embed = component.get("model", {}).get("embed")
         if isinstance(embed, dict) and "include_static_vectors" in embed:
             embed["include_static_vectors"] = False
+    if arm == "bow2":
+        config["components"]["textcat"]["model"]["ngram_size"] = 2
     config["training"].update(max_steps=0, patience=0, max_epochs=0, eval_frequency=10**9)
     config["training"]["before_update"] = {"@callbacks": CALLBACK, "budget_s": round(cpu_budget, 1)}
     return config
@@ -687,6 +758,7 @@ def plan(
     case_ablation: bool = False,
     warm_start: Optional[float] = None,
     schedule: bool = False,
+    textcat: bool = False,
 ):
     """The jobs in order of priority (BERT arms; the CNN arms of CoNLL-2003 and SST-2; the fine-tuning
     learning-rate sweep; the other spaCy arms; ablations) and where each result will be found.
@@ -695,7 +767,9 @@ def plan(
     FEATURE_ARMS; `seeds`: SEEDED_ARMS again with other fine-tuning seeds; `case_ablation`: the NER
     case ablation alone (with `features`, fine-tuned with and without them); `warm_start`: with
     `minutes`, a BERT arm pretrained with masked-LM for that fraction of the minutes, then with RTD
-    from its checkpoint for the rest; `schedule`: the SCHEDULE_ARMS."""
+    from its checkpoint for the rest; `schedule`: the SCHEDULE_ARMS; `textcat`: for the textcat
+    tasks, TEXTCAT_ARMS, TEXTCAT_RATE_ARMS and spaCy's bag of words with word pairs (`bow2`), and
+    on SST-2 the TEXTCAT_VARIANTS."""
     planner = Planner(budget, corpora, run_dir, threads)
     timed = {STEPS: None, "bert_pretraining.max_minutes": minutes} if minutes else {}
     recipes = {
@@ -703,11 +777,14 @@ def plan(
         "sst2": ({**budget.sentiment_pretraining, **timed}, "imdb"),
     }
     recipes["imdb"] = recipes["sst2"]
+    # BBC: the sentiment recipe (uncased, 128-piece sequences) on the news text
+    recipes["bbc"] = (recipes["sst2"][0], "news")
     suffix = f"-{minutes:g}min" if minutes else ""
     dirs = {
         "ner": run_dir / f"pretrain-news{suffix}",
         "sst2": run_dir / f"pretrain-imdb{suffix}",
         "imdb": run_dir / f"pretrain-imdb{suffix}",
+        "bbc": run_dir / f"pretrain-news-uncased{suffix}",
     }
     layout: Dict[str, Any] = {
         "pretraining": {},
@@ -716,7 +793,11 @@ def plan(
         "lr_sweep": {},
         "seeds": {name: {} for name in tasks},
     }
-    for label, name in (("NER (news)", "ner"), ("sentiment (IMDB)", "sst2")):
+    for label, name in (
+        ("NER (news)", "ner"),
+        ("sentiment (IMDB)", "sst2"),
+        ("topics (news, uncased)", "bbc"),
+    ):
         if dirs[name] in {dirs[task] for task in tasks}:
             layout["pretraining"][label] = str(planner.pretraining(*recipes[name], dirs[name]))
     rtd_dirs: Dict[str, Path] = {}
@@ -750,7 +831,14 @@ def plan(
                 warm_dirs[name] = warm_dirs["imdb" if name == "sst2" else name] = out
 
     pretrainings = {"pretrained": dirs, "pretrained-rtd": rtd_dirs, "pretrained-mlm-rtd": warm_dirs}
-    variant_arms = {**FEATURE_ARMS, **TEXTCAT_FEATURE_ARMS, **SCHEDULE_ARMS}
+    variant_arms = {
+        **FEATURE_ARMS,
+        **TEXTCAT_FEATURE_ARMS,
+        **SCHEDULE_ARMS,
+        **TEXTCAT_ARMS,
+        **TEXTCAT_VARIANTS,
+        **TEXTCAT_RATE_ARMS,
+    }
 
     def bert_arm(task: Task, arm: str, base: str, variant: str = "") -> str:
         """`base`: random, or the name of the pretraining to start from."""
@@ -770,6 +858,8 @@ def plan(
         layout["tasks"][name] = bert_arms(task)
         chosen = [*(FEATURE_ARMS if features else ()), *(SCHEDULE_ARMS if schedule else ())]
         chosen += [*TEXTCAT_FEATURE_ARMS] if features and task.kind == "textcat" else []
+        if textcat and task.kind == "textcat":
+            chosen += [*TEXTCAT_ARMS, *TEXTCAT_RATE_ARMS, *(TEXTCAT_VARIANTS if name == "sst2" else ())]
         chosen += ["pretrained-rtd", "pretrained-mlm-rtd"]
         for arm in chosen:
             base = variant_arms.get(arm, (arm, {}))[0]
@@ -779,7 +869,7 @@ def plan(
     spacy_budgets = {
         name: {
             arm: (arm, (run_dir / f"{name}-pretrained{suffix}", run_dir / f"{name}-random{suffix}"))
-            for arm in ("cnn", "bow")
+            for arm in SPACY_TEXTCAT_ARMS
         }
         for name in tasks
     }
@@ -787,7 +877,7 @@ def plan(
     spacy_arms = [
         (name, arm)
         for name, task in tasks.items()
-        for arm in task.arms
+        for arm in task.arms + (["bow2"] if textcat and task.kind == "textcat" else [])
         if arm not in ("pretrained", "random")
     ]
     spacy_arms.sort(key=lambda item: item not in (("ner", "cnn"), ("sst2", "cnn")))
@@ -811,7 +901,9 @@ def plan(
                 planner.spacy(task, "cnn", out, spacy_budgets[name][LONG_CNN][1])
             )
     for name, task in tasks.items():
-        for arm in [arm for arm in SEEDED_ARMS if arm in layout["tasks"][name]]:
+        # --textcat: spaCy's ensemble and ours from random weights with one seed, for time
+        unseeded = ("cnn", "random") if textcat and task.kind == "textcat" else ()
+        for arm in [arm for arm in SEEDED_ARMS if arm in layout["tasks"][name] and arm not in unseeded]:
             for seed in range(1, seeds):
                 if arm in spacy_budgets[name]:
                     out = run_dir / f"{name}-{arm}{suffix}-seed{seed}"
@@ -874,6 +966,26 @@ ARM_NAMES = {
     "cnn": "spaCy CNN",
     LONG_CNN: "spaCy CNN, the 2000-step arm's CPU time",
     "bow": "spaCy BOW",
+    "bow2": "spaCy BOW, word pairs",
+    "bert-pretrained": "BERT alone pretrained",
+    "bert-random": "BERT alone random init",
+    "pooling-mean": "ours pretrained, mean pooling",
+    "pooling-max": "ours pretrained, max pooling",
+    "pooling-attention": "ours pretrained, attention pooling",
+    "bow-lr-x1": "ours pretrained, BOW lr x 1",
+    "bow-lr-x4": "ours pretrained, BOW lr x 4",
+    "bow-lr-x64": "ours pretrained, BOW lr x 64",
+}
+# --textcat's table: the textcat arms by name (pretrained and random: the shipped configs/textcat.cfg)
+TEXTCAT_NAMES = {
+    "pretrained": "ours (TextCatBertBOW), pretrained",
+    "random": "ours (TextCatBertBOW), random init",
+    "bert-pretrained": "BERT alone (TextCatReduce), pretrained",
+    "bert-random": "BERT alone (TextCatReduce), random init",
+    "bow": "spaCy BOW unigrams (-o efficiency)",
+    "bow2": "spaCy BOW uni+bigrams",
+    "cnn": "spaCy -o accuracy ensemble (no vectors)",
+    **{arm: ARM_NAMES[arm] for arm in [*TEXTCAT_VARIANTS, *TEXTCAT_RATE_ARMS]},
 }
 ROWS = [  # (task, split, metric, label)
     ("ner", "dev", "ents_f", "CoNLL-2003 dev F1"),
@@ -881,8 +993,9 @@ ROWS = [  # (task, split, metric, label)
     ("sst2", "dev", "accuracy", "SST-2 dev acc"),
     ("sst2", "test", "accuracy", "SST-2 test acc"),
     ("imdb", "test", "accuracy", "IMDB test acc"),
+    ("bbc", "test", "accuracy", "BBC test acc"),
 ]
-TASK_NAMES = {"ner": "CoNLL-2003", "sst2": "SST-2", "imdb": "IMDB"}
+TASK_NAMES = {"ner": "CoNLL-2003", "sst2": "SST-2", "imdb": "IMDB", "bbc": "BBC News"}
 RECIPE_COLUMN = "recipe (size, unit, mask rate, NSP, case, length)"
 
 
@@ -964,6 +1077,8 @@ def report(results: Dict[str, Any]) -> str:
         lines += [markdown_table([*headers, "dev", "test"], rows), ""]
     if results.get("lr_sweep"):
         lines += [lr_sweep_table(results), ""]
+    if " --textcat" in results.get("options", ""):
+        lines += [textcat_table(results), "", *textcat_goal_lines(results), ""]
     return "\n".join(lines + goal_lines(results)) + "\n"
 
 
@@ -999,6 +1114,89 @@ def seeds_table(results: Dict[str, Any]) -> str:
             cells = " / ".join(f"{score:.1f}" for score in scores)
             rows.append([label, ARM_NAMES[arm], cells, f"{statistics.mean(scores):.1f}"])
     return markdown_table(["", "arm", "per fine-tuning seed", "mean"], rows)
+
+
+def seed_stats(
+    results: Dict[str, Any], task: str, arm: str, key: Callable[[Dict[str, Any]], float]
+) -> List[float]:
+    """`key` of the arm's run for each fine-tuning seed, seed 0 first."""
+    runs = [results["tasks"][task][arm], *results.get("seeds", {}).get(task, {}).get(arm, {}).values()]
+    return [key(run) for run in runs]
+
+
+def textcat_table(results: Dict[str, Any]) -> str:
+    """Per textcat task and arm: test accuracy and macro F (seed mean, min-max), training steps and
+    CPU seconds, inference words per CPU second."""
+
+    def stat(values: List[float], digits: int = 1) -> str:
+        spread = f" ({min(values):.{digits}f}-{max(values):.{digits}f})" if len(values) > 1 else ""
+        return f"{statistics.mean(values):.{digits}f}{spread}"
+
+    rows = []
+    for task in [task for task in ("bbc", "imdb", "sst2") if task in results["tasks"]]:
+        for arm in [arm for arm in TEXTCAT_NAMES if arm in results["tasks"][task]]:
+            runs = seed_stats(results, task, arm, lambda run: run)
+            test = [run["scores"]["test"] for run in runs]
+            rows.append(
+                [
+                    TASK_NAMES[task],
+                    TEXTCAT_NAMES[arm],
+                    len(runs),
+                    stat([scores["accuracy"] for scores in test]),
+                    stat([scores["macro_f"] for scores in test]),
+                    stat([run["train"]["steps"] for run in runs], 0),
+                    stat([run["train"]["cpu_s"] for run in runs], 0),
+                    f"{statistics.mean(scores['words_per_cpu_s'] for scores in test):,.0f}",
+                ]
+            )
+    headers = [
+        "data",
+        "arm",
+        "seeds",
+        "test acc",
+        "test macro F",
+        "train steps",
+        "train CPU s",
+        "words/CPU s",
+    ]
+    return markdown_table(headers, rows)
+
+
+def textcat_goal_lines(results: Dict[str, Any]) -> List[str]:
+    """The text-classification goals against spaCy's best bag of words, seed means of test accuracy."""
+
+    def mean(task: str, arm: str, key: Callable[[Dict[str, Any]], float]) -> float:
+        return statistics.mean(seed_stats(results, task, arm, key))
+
+    def accuracy(run: Dict[str, Any]) -> float:
+        return run["scores"]["test"]["accuracy"]
+
+    checks = []
+    for task in [task for task in ("bbc", "imdb", "sst2") if "bow2" in results["tasks"].get(task, {})]:
+        best_bow = max(mean(task, arm, accuracy) for arm in ("bow", "bow2"))
+        for arm in ("pretrained", "random"):
+            ours = mean(task, arm, accuracy)
+            checks.append((f"{TASK_NAMES[task]} {arm}: ours - best BOW >= 0", ours - best_bow, 0.0))
+            if task == "imdb":
+                checks.append((f"IMDB {arm}: ours - best BOW >= 3", ours - best_bow, 3.0))
+            if task == "sst2":
+                checks.append((f"SST-2 {arm}: ours - best BOW >= 5", ours - best_bow, 5.0))
+            if task == "bbc":
+                ratio = (100 - ours) / max(100 - best_bow, 1e-9)
+                checks.append(
+                    (f"BBC News {arm}: 0.8 - ours' error / best BOW's error >= 0", 0.8 - ratio, 0.0)
+                )
+            cpu = mean(task, arm, lambda run: run["train"]["cpu_s"]) / mean(
+                task, "bow", lambda run: run["train"]["cpu_s"]
+            )
+            checks.append((f"{TASK_NAMES[task]} {arm}: 3 - ours' training CPU / BOW's >= 0", 3 - cpu, 0.0))
+            speed = mean(task, arm, lambda run: run["scores"]["test"]["words_per_cpu_s"])
+            checks.append((f"{TASK_NAMES[task]} {arm}: words/CPU s / 1000 - 20 >= 0", speed / 1000 - 20, 0.0))
+    lines = ["Text classification goals (seed means of test accuracy):", ""]
+    for text, value, target in checks:
+        verdict = "met" if value >= target else f"missed by {target - value:.2f}"
+        lines.append(f"- {text}: {value:+.2f} ({verdict})")
+    return lines
 
 
 def goal_lines(results: Dict[str, Any]) -> List[str]:
@@ -1090,6 +1288,12 @@ def main() -> None:
         "frozen first steps, steps)",
     )
     parser.add_argument(
+        "--textcat",
+        action="store_true",
+        help="add the textcat comparison's arms: BERT alone, spaCy's bag of words with word pairs, "
+        "and on SST-2 variants of the shipped head",
+    )
+    parser.add_argument(
         "--seeds", type=int, default=1, help="fine-tune the main arms with this many seeds (default 1)"
     )
     parser.add_argument(
@@ -1131,6 +1335,7 @@ def main() -> None:
         args.case_ablation,
         args.rtd_warm_start,
         args.schedule,
+        args.textcat,
     )
     done = run_jobs(jobs, args.jobs)
     results = {
@@ -1142,6 +1347,7 @@ def main() -> None:
         + (f" --rtd-warm-start {args.rtd_warm_start:g}" if args.rtd_warm_start else "")
         + (" --features" if args.features else "")
         + (" --schedule" if args.schedule else "")
+        + (" --textcat" if args.textcat else "")
         + (f" --seeds {args.seeds}" if args.seeds > 1 else "")
         + (" --case-ablation" if args.case_ablation else ""),
         "threads_per_run": threads,

@@ -25,12 +25,28 @@ class BertEmbeddings(nn.Module):
 
     def forward(self, input_ids: Tensor, token_type_ids: Optional[Tensor] = None) -> Tensor:
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        x = self.word(input_ids) + self.position(positions)
+        word = self.word
+        words = F.embedding(input_ids, word.weight, word.padding_idx, sparse=self._sparse_word_gradient())
+        x = words + self.position(positions)
         if token_type_ids is None:
             x = x + self.token_type.weight[0]
         else:
             x = x + self.token_type(token_type_ids)
         return self.dropout(self.norm(x))
+
+    def _sparse_word_gradient(self) -> bool:
+        """Whether the backward pass adds the looked-up rows only into the word embeddings'
+        gradient: when a dense one is kept between steps (zeroed, not dropped, as spaCy's training
+        does), on a CPU: there a dense vocabulary-sized gradient per pass would be a fresh block of
+        memory each time, whose pages fault in again (30522 x 256: 20-100 ms a pass when busy)."""
+        grad = self.word.weight.grad
+        return (
+            self.training
+            and grad is not None
+            and grad.layout == torch.strided
+            and grad.device.type == "cpu"
+            and not torch.compiler.is_compiling()
+        )
 
 
 # Attention weights are computed this many bytes at a time on a CPU: glibc serves blocks over
@@ -170,11 +186,20 @@ class BertEncoder(nn.Module):
     ) -> Tensor:
         """`padding_mask` is True at real pieces; pass None when the batch has no padding so that
         attention can take its fastest unmasked kernel."""
+        return self.layer_states(input_ids, padding_mask, token_type_ids)[-1]
+
+    def layer_states(
+        self,
+        input_ids: Tensor,
+        padding_mask: Optional[Tensor] = None,
+        token_type_ids: Optional[Tensor] = None,
+    ) -> List[Tensor]:
+        """The embeddings' output and each layer's: `num_layers + 1` tensors shaped as `forward`'s."""
         attention_mask = None if padding_mask is None else padding_mask[:, None, None, :]
-        x = self.embeddings(input_ids, token_type_ids)
+        states = [self.embeddings(input_ids, token_type_ids)]
         for layer in self.layers:
-            x = layer(x, attention_mask)
-        return x
+            states.append(layer(states[-1], attention_mask))
+        return states
 
     def pool(self, hidden: Tensor) -> Tensor:
         """BERT's sentence vector: tanh(dense([CLS]))."""

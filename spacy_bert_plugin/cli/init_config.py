@@ -18,6 +18,7 @@ CONFIGS = {
     "ner": "ner.cfg",
     "textcat": "textcat.cfg",
     "textcat_multilabel": "textcat_multilabel.cfg",
+    "distill": "distill.cfg",
 }
 CPU_PRETRAIN = "pretrain-cpu.cfg"
 # What the CPU recipe changes in a fine-tuning config: the encoder's shape (its dropout is
@@ -37,6 +38,8 @@ def config_text(name: str, cpu: bool = False) -> str:
         raise ValueError(f"no config named {name!r}: choose one of {', '.join(CONFIGS)}")
     if name == "pretrain":
         return packaged_config(CPU_PRETRAIN if cpu else CONFIGS[name])
+    if name == "distill":  # one config: a BERT-Tiny student, whatever the teacher
+        return packaged_config(CONFIGS[name])
     text = packaged_config(CONFIGS[name])
     if not cpu:
         return text
@@ -71,8 +74,9 @@ def bert_init_config_cli(
     ),
     force: bool = Opt(False, "--force", "-F", help="Overwrite OUTPUT_FILE if it exists"),
 ) -> None:
-    """Write one of the package's configs: the pretraining config, or a fine-tuning config (ner,
-    textcat, textcat_multilabel) with a bert_encoder that its components listen to."""
+    """Write one of the package's configs: the pretraining config, the distillation config
+    (a BERT-Tiny student of a teacher checkpoint), or a fine-tuning config (ner, textcat,
+    textcat_multilabel) with a bert_encoder that its components listen to."""
     if name not in CONFIGS:
         msg.fail(f"No config named {name!r}: choose one of {', '.join(CONFIGS)}", exits=1)
     try:
@@ -94,10 +98,15 @@ def bert_init_config_cli(
     output_file.parent.mkdir(parents=True, exist_ok=True)
     output_file.write_text(text, encoding="utf8")
     source = CPU_PRETRAIN if cpu and name == "pretrain" else CONFIGS[name]
-    recipe = " with the CPU recipe's encoder size" if cpu and name != "pretrain" else ""
+    recipe = " with the CPU recipe's encoder size" if cpu and name not in ("pretrain", "distill") else ""
     msg.good(f"Wrote {output_file} (the package's {source}{recipe})")
     if name == "pretrain":
         msg.text(f"Pretrain: python -m spacy bert-pretrain {output_file} OUTPUT_DIR --paths.raw_text FILE")
+    elif name == "distill":
+        msg.text(
+            f"Distil: python -m spacy bert-pretrain {output_file} OUTPUT_DIR --paths.raw_text FILE "
+            "--paths.teacher TEACHER_CHECKPOINT"
+        )
     else:
         msg.text(
             f"Train: python -m spacy train {output_file} --output OUTPUT_DIR --paths.train train.spacy "

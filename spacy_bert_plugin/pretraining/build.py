@@ -74,8 +74,12 @@ def build_trainer(
     if saved_state is not None:
         model, pieces = load_checkpoint(last_dir, **dropout_rates(component.model))
         saved_objectives = load_saved_objectives(last_dir)
+        source = str(last_dir)
     else:
         model, pieces, saved_objectives = _pretrained_model(interpolated, component)
+        source = str(_init_checkpoint(interpolated, component))
+    for objective in settings.objectives.values():
+        pieces = objective.fit_vocabulary(pieces, source)
     max_positions = (model.config if model else component.model.attrs["bert_config"]).max_positions
     if settings.max_length > max_positions:
         where = "the checkpoint's" if model else MODEL_SECTION
@@ -154,13 +158,17 @@ def _pretrained_model(
 ) -> Tuple[Optional[BertForPretraining], Optional[WordPieces], Optional[Dict[str, torch.Tensor]]]:
     """The checkpoint continued pretraining starts from (with its objectives' modules when it has
     them), or nothing: a new model, with a vocabulary learnt from the corpus."""
-    init = config.get("initialize", {}).get("components", {}).get(component.name, {})
-    checkpoint = init.get("checkpoint") or component.cfg["checkpoint"]
+    checkpoint = _init_checkpoint(config, component)
     if not checkpoint:
         return None, None, None
     read = read_checkpoint(checkpoint, **dropout_rates(component.model))
     check_checkpoint_sizes(component.model, read.config, str(checkpoint))
     return read.pretraining_model(), read.pieces, load_saved_objectives(Path(checkpoint))
+
+
+def _init_checkpoint(config: Config, component) -> Optional[str]:
+    init = config.get("initialize", {}).get("components", {}).get(component.name, {})
+    return init.get("checkpoint") or component.cfg["checkpoint"]
 
 
 def _corpora(

@@ -6,7 +6,9 @@ encoder, and are saved and resumed with it. A step calls, in order: `prepare` on
 (e.g. masking), `before_encoder` on its tensors (e.g. a generator's replacements), the encoder,
 then `loss`, which turns the encoder's output into the objective's weighted loss and metrics.
 `pairing` tells the data which segment pairs it needs: None, "next" (NSP) or "order" (SOP); at
-most one objective may ask for pairs.
+most one objective may ask for pairs. The objective that masks the input prepares first and
+leaves its labels in `batch.extra[MASK_LABELS]`, where others (distillation) find the masked
+positions. `loss` finds every layer's states in `tensors[LAYER_STATES]`.
 """
 
 from typing import Dict, Optional, Tuple
@@ -26,6 +28,10 @@ Metrics = Dict[str, Tensor]  # detached scalars, read only when logged
 
 
 Tensors = Dict[str, Tensor]  # the batch on the device: input_ids, token_type_ids, padding_mask
+# batch.extra key of the masked input's labels: the original id where masked, NOT_MASKED elsewhere.
+MASK_LABELS = "mask_labels"
+# tensors key of the encoder's states: the embeddings' output and each layer's (a list).
+LAYER_STATES = "layer_states"
 
 
 class Objective(nn.Module):
@@ -46,6 +52,12 @@ class Objective(nn.Module):
                 f"[bert_pretraining.objectives.{self.name}] weight = {weight} must not be negative"
             )
         self.weight = weight
+
+    def fit_vocabulary(self, pieces: Optional[WordPieces], source: str) -> Optional[WordPieces]:
+        """The vocabulary to train with, given the checkpoint's (`pieces`, read from `source`;
+        None: one to be learnt from the corpus): `pieces`, unless the objective needs another (a
+        teacher's), which it returns, or refuses `pieces` with a PretrainingError."""
+        return pieces
 
     def setup(self, model: BertForPretraining, pieces: WordPieces) -> None:
         """Build the modules that depend on the model's sizes or vocabulary, before training."""
@@ -77,14 +89,14 @@ class MaskedLanguageModel(Objective):
         self.mean_span_words = mean_span_words
 
     def prepare(self, batch: Batch, pieces: WordPieces, rng: numpy.random.Generator) -> None:
-        batch.extra["mlm_labels"] = mask_batch(
+        batch.extra[MASK_LABELS] = mask_batch(
             batch, pieces, rng, self.mask_rate, self.unit, self.mean_span_words
         )
 
     def loss(
         self, model: BertForPretraining, hidden: Tensor, batch: Batch, tensors: Tensors
     ) -> Tuple[Tensor, Metrics]:
-        positions, labels = masked_positions(batch.extra["mlm_labels"], hidden.device)
+        positions, labels = masked_positions(batch.extra[MASK_LABELS], hidden.device)
         # Vocabulary logits only at the masked positions.
         selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
         logits = model.mlm_head(selected, model.encoder.embeddings.word.weight).float()

@@ -21,7 +21,7 @@ from ..errors import SettingsError
 from ..pieces import WordPieces
 from .instances import Batch
 from .masking import check_masking, mask_batch, masked_positions
-from .objectives import Metrics, Objective, Tensors
+from .objectives import MASK_LABELS, Metrics, Objective, Tensors
 
 
 class Generator(nn.Module):
@@ -101,13 +101,13 @@ class ReplacedTokenDetection(Objective):
         self.register_buffer("never_sampled", torch.tensor(never_sampled), persistent=False)
 
     def prepare(self, batch: Batch, pieces: WordPieces, rng: numpy.random.Generator) -> None:
-        batch.extra["rtd_labels"] = mask_batch(
+        batch.extra[MASK_LABELS] = mask_batch(
             batch, pieces, rng, self.mask_rate, self.unit, self.mean_span_words
         )
 
     def before_encoder(self, model: BertForPretraining, tensors: Tensors, batch: Batch) -> Tensors:
         input_ids = tensors["input_ids"]
-        positions, originals = masked_positions(batch.extra["rtd_labels"], input_ids.device)
+        positions, originals = masked_positions(batch.extra[MASK_LABELS], input_ids.device)
         padding = tensors.get("padding_mask")
         embedded = model.encoder.embeddings(input_ids, tensors["token_type_ids"])
         hidden = self.generator(embedded, None if padding is None else padding[:, None, None, :])

@@ -28,7 +28,7 @@ from .budget import Budget
 from .corpus import PieceCorpus
 from .instances import Batch, build_batch, check_pairing, iterate_batches
 from .log import TrainingLog
-from .objectives import Metrics, Objective
+from .objectives import LAYER_STATES, Metrics, Objective
 from .runtime import Distributed, PretrainingError, is_disk_full
 from .settings import PretrainingSettings
 
@@ -61,9 +61,10 @@ class PretrainingModel(nn.Module):
             total = torch.zeros((), dtype=torch.float32, device=tensors["input_ids"].device)
             for objective in self.objectives.values():
                 tensors = objective.before_encoder(self.model, tensors, batch)
-            hidden = self.model.encoder(
+            states = self.model.encoder.layer_states(
                 tensors["input_ids"], tensors.get("padding_mask"), tensors["token_type_ids"]
             )
+            hidden, tensors = states[-1], {**tensors, LAYER_STATES: states}
             for objective in self.objectives.values():
                 loss, parts = objective.loss(self.model, hidden, batch, tensors)
                 total = total + loss
@@ -356,7 +357,11 @@ class Trainer:
         return build_batch(corpus, instances, self.pieces.cls_id, self.pieces.sep_id, self.pieces.pad_id)
 
     def _prepare(self, batch: Batch, rng: numpy.random.Generator) -> None:
-        for objective in self.settings.objectives.values():
+        # The objective that masks first: the others may read its masks.
+        objectives = sorted(
+            self.settings.objectives.values(), key=lambda objective: not objective.masks_input
+        )
+        for objective in objectives:
             objective.prepare(batch, self.pieces, rng)
 
     def _set_learning_rate(self) -> None:

@@ -4,7 +4,7 @@ import torch
 
 from spacy_bert_plugin.checkpoint import load_checkpoint
 from spacy_bert_plugin.pretraining.instances import Batch
-from spacy_bert_plugin.pretraining.objectives import make_mlm, make_nsp
+from spacy_bert_plugin.pretraining.objectives import MASK_LABELS, make_mlm, make_nsp
 from spacy_bert_plugin.pretraining.trainer import PretrainingModel
 
 
@@ -43,7 +43,7 @@ def test_losses_match_hf_bert_for_pretraining(hf_checkpoint):
     with torch.no_grad():
         total, metrics = PretrainingModel(model, objectives, None)(tensors, batch)
 
-    labels = torch.from_numpy(batch.extra["mlm_labels"])
+    labels = torch.from_numpy(batch.extra[MASK_LABELS])
     hf = transformers.BertForPreTraining.from_pretrained(hf_checkpoint).eval()
     with torch.no_grad():
         out = hf(
@@ -70,7 +70,7 @@ def test_mlm_loss_only_sees_masked_positions(hf_checkpoint):
     loss.backward()
     grad_rows = hidden.grad.reshape(-1, hidden.shape[-1]).abs().sum(-1)
     masked = numpy.zeros(batch.input_ids.size, dtype=bool)
-    masked[batch.extra["mlm_labels"].ravel() != -100] = True
+    masked[batch.extra[MASK_LABELS].ravel() != -100] = True
     assert (grad_rows[torch.from_numpy(~masked)] == 0).all()
     assert (grad_rows[torch.from_numpy(masked)] > 0).all()
 
