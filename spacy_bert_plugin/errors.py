@@ -24,6 +24,10 @@ class EncoderConfigError(BertPluginError, ValueError):
     """A bert_encoder that cannot work as configured; the message names the setting and the fix."""
 
 
+class TextCatConfigError(BertPluginError, ValueError):
+    """A TextCatBertBOW textcat or its bag-of-words fit that cannot work as configured."""
+
+
 class SettingsError(BertPluginError, ValueError):
     """A `[bert_pretraining]` section that does not validate; the message names the keys."""
 

@@ -5,6 +5,7 @@ bad settings fail in one line naming the key."""
 
 import json
 import random
+import tempfile
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -12,13 +13,14 @@ import numpy
 import pytest
 import spacy
 from spacy.language import Language
-from spacy.tokens import Doc
+from spacy.tokens import Doc, DocBin
 from spacy.training import Example
 from spacy.util import load_config, registry
 from thinc.api import fix_random_seed
 from tiny_bert import REPO_ROOT
 
-from spacy_bert_plugin.layers.textcat import TextCatConfigError
+from spacy_bert_plugin.bag_of_words import make_fit_bag_of_words
+from spacy_bert_plugin.errors import TextCatConfigError
 
 SST2 = REPO_ROOT.parent / "shared" / "data" / "sst2"
 TRAIN_SENTENCES, DEV_SENTENCES = 2000, 400
@@ -65,27 +67,39 @@ def examples(nlp: Language, records: List[Tuple[str, str]]) -> List[Example]:
     ]
 
 
-def train(config_name: str, seed: int = 0, head: Dict = None, ngram_size: int = 2) -> Tuple[Language, float]:
-    """The shipped config (tiny encoder, random weights) trained STEPS steps on SST-2 sentences;
-    returns the pipeline and its dev accuracy."""
+def train(
+    config_name: str, seed: int = 0, head: Dict = None, ngram_size: int = 2, steps: int = STEPS
+) -> Tuple[Language, float]:
+    """The shipped config (tiny encoder, random weights) initialized as `spacy train` does (its
+    [initialize.after_init] fit of the bag of words included) and trained `steps` steps on SST-2
+    sentences; returns the pipeline and its dev accuracy."""
     pipe = "textcat" if config_name == "textcat" else "textcat_multilabel"
-    overrides = {**TINY, f"components.{pipe}.model.ngram_size": ngram_size}
-    config = load_config(REPO_ROOT / "configs" / f"{config_name}.cfg", overrides=overrides)
-    if head is not None:
-        model = config["components"][pipe]["model"]
-        config["components"][pipe]["model"] = {
-            **head,
-            "exclusive_classes": model["exclusive_classes"],
-            "tok2vec": model["tok2vec"],
+    blank = spacy.blank("en")
+    train_examples = examples(blank, sst2("train", TRAIN_SENTENCES))
+    dev_examples = examples(blank, sst2("dev", DEV_SENTENCES))
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "train.spacy"
+        DocBin(docs=[eg.reference for eg in train_examples]).to_disk(corpus)
+        overrides = {
+            **TINY,
+            f"components.{pipe}.model.ngram_size": ngram_size,
+            "paths.train": str(corpus),
+            "system.seed": seed,
         }
-    fix_random_seed(seed)
-    nlp = spacy.util.load_model_from_config(config, auto_fill=True, validate=True)
-    train_examples = examples(nlp, sst2("train", TRAIN_SENTENCES))
-    dev_examples = examples(nlp, sst2("dev", DEV_SENTENCES))
-    nlp.initialize(lambda: train_examples)
+        config = load_config(REPO_ROOT / "configs" / f"{config_name}.cfg", overrides=overrides)
+        if head is not None:
+            model = config["components"][pipe]["model"]
+            config["components"][pipe]["model"] = {
+                **head,
+                "exclusive_classes": model["exclusive_classes"],
+                "tok2vec": model["tok2vec"],
+            }
+        fix_random_seed(seed)
+        nlp = spacy.util.load_model_from_config(config, auto_fill=True, validate=True)
+        nlp.initialize(lambda: train_examples)  # fits the bag of words ([initialize.after_init])
     optimizer = registry.resolve(config["training"])["optimizer"]
     rng = random.Random(seed)
-    for _ in range(STEPS):
+    for _ in range(steps):
         nlp.update(rng.sample(train_examples, BATCH), sgd=optimizer)
         optimizer.step_schedules()
     guesses = nlp.pipe(eg.reference.text for eg in dev_examples)
@@ -104,6 +118,11 @@ def trained() -> Tuple[Language, float]:
 
 def test_exclusive_classes_learn_in_a_few_steps(trained):
     _, accuracy = trained
+    assert accuracy >= FLOOR
+
+
+def test_the_fitted_bag_of_words_passes_the_floor_before_any_update():
+    _, accuracy = train("textcat", steps=0)
     assert accuracy >= FLOOR
 
 
@@ -166,3 +185,27 @@ def test_bad_settings_fail_in_one_line(setting, value, message):
     with pytest.raises(TextCatConfigError, match=message) as info:
         spacy.util.load_model_from_config(config, auto_fill=True, validate=True)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"epochs": -1}, r"^\[initialize\.after_init\] epochs = -1 must be 0"),
+        (
+            {"batch_size": 0},
+            r"^\[initialize\.after_init\] batch_size = 0 and learn_rate = 0.001 must be above 0",
+        ),
+        (
+            {"path": None},
+            r"^\[initialize\.after_init\] path = None is not a \.spacy file: set \[paths\] train",
+        ),
+    ],
+)
+def test_bad_fit_settings_fail_in_one_line(settings, message):
+    fit_settings = {"path": "train.spacy", "epochs": 1, "batch_size": 8, "learn_rate": 0.001, "seed": 0}
+    nlp = spacy.util.load_model_from_config(
+        load_config(REPO_ROOT / "configs" / "textcat.cfg", overrides=TINY), auto_fill=True
+    )
+    with pytest.raises(TextCatConfigError, match=message) as error:
+        make_fit_bag_of_words(**{**fit_settings, **settings})(nlp)
+    assert "\n" not in str(error.value)

@@ -28,11 +28,8 @@ from thinc.api import (
 )
 from thinc.types import Floats2d
 
+from ..errors import TextCatConfigError
 from .pooling import POOLING_WIDTHS, pool_tokens
-
-
-class TextCatConfigError(ValueError):
-    """A TextCatBertBOW setting that cannot work; the message names the setting and the fix."""
 
 
 class TextCatBertBOWModel(Model):
