@@ -16,8 +16,7 @@ from spacy.tokens import Doc, DocBin
 from thinc.api import Adam, Model
 
 from .errors import TextCatConfigError
-
-ARCHITECTURE_NAME = "textcat_bert_bow"
+from .layers.textcat import ARCHITECTURE_NAME, class_scores
 
 
 def make_fit_bag_of_words(
@@ -65,7 +64,6 @@ def fit(
 ) -> None:
     """Cross-entropy training of `model`'s bag of words alone on the docs' gold `cats`."""
     bow = model.get_ref("bow")
-    ops = bow.ops
     truth = numpy.asarray([[doc.cats.get(label, 0.0) for label in labels] for doc in docs], dtype="f")
     optimizer = Adam(learn_rate)
     for _ in range(epochs):
@@ -73,9 +71,5 @@ def fit(
         for start in range(0, len(docs), batch_size):
             batch = order[start : start + batch_size]
             logits, backprop = bow([docs[i] for i in batch], is_train=True)
-            if model.attrs["multi_label"]:
-                scores = ops.sigmoid(logits)
-            else:
-                scores = ops.softmax(logits)
-            backprop(scores - ops.asarray2f(truth[batch]))
+            backprop(class_scores(model, logits) - bow.ops.asarray2f(truth[batch]))
             bow.finish_update(optimizer)

@@ -11,6 +11,7 @@ leave wrong. The sparse weights learn at `bow_learn_rate_scale` x the optimizer'
 sized for fine-tuning BERT is too low for a bag of words to learn in a few hundred steps.
 """
 
+from functools import partial
 from typing import Callable, List, Optional, Tuple
 
 from spacy.attrs import ORTH
@@ -31,24 +32,18 @@ from thinc.types import Floats2d
 from ..errors import TextCatConfigError
 from .pooling import POOLING_WIDTHS, pool_tokens
 
+# The Model's name, by which the bag-of-words fit finds these textcats in a pipeline.
+ARCHITECTURE_NAME = "textcat_bert_bow"
+
 
 class TextCatBertBOWModel(Model):
     """A thinc Model whose bag-of-words weights update at their own learning-rate scale."""
 
     def finish_update(self, optimizer: Optimizer) -> None:
-        bow_nodes = {node.id for node in self.get_ref("bow").walk()}
+        bow, bert = self.layers
         scale = self.attrs["bow_learn_rate_scale"]
-        for node in self.walk():
-            for shim in node.shims:
-                shim.finish_update(optimizer)
-        for node in self.walk():
-            lr_scale = scale if node.id in bow_nodes else 1.0
-            for name in node.param_names:
-                if node.has_grad(name):
-                    param, _ = optimizer(
-                        (node.id, name), node.get_param(name), node.get_grad(name), lr_scale=lr_scale
-                    )
-                    node.set_param(name, param)
+        bow.finish_update(optimizer if scale == 1.0 else partial(optimizer, lr_scale=scale))
+        bert.finish_update(optimizer)
 
 
 def build_textcat_bert_bow_v1(
@@ -84,7 +79,7 @@ def build_textcat_bert_bow_v1(
     dense = Linear(nO=nO, nI=width * POOLING_WIDTHS[pooling], init_W=zero_init, init_b=zero_init)
     bert = chain(tok2vec, pool_tokens(pooling), dense)
     model = TextCatBertBOWModel(
-        "textcat_bert_bow",
+        ARCHITECTURE_NAME,
         forward,
         init=init,
         layers=[bow, bert],
@@ -103,11 +98,7 @@ def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[Floats2d, Ca
     bow, bert = model.layers
     bow_logits, backprop_bow = bow(docs, is_train)
     bert_logits, backprop_bert = bert(docs, is_train)
-    logits = bow_logits + bert_logits
-    if model.attrs["multi_label"]:
-        scores = model.ops.sigmoid(logits)
-    else:
-        scores = model.ops.softmax(logits)
+    scores = class_scores(model, bow_logits + bert_logits)
 
     def backprop(d_scores: Floats2d) -> List[Doc]:
         # spaCy's textcat losses give d_scores = scores - truth: for softmax and sigmoid outputs
@@ -117,6 +108,11 @@ def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[Floats2d, Ca
         return []
 
     return scores, backprop
+
+
+def class_scores(model: Model, logits: Floats2d) -> Floats2d:
+    """Sigmoid (multi-label) or softmax (exclusive classes) of the class logits."""
+    return model.ops.sigmoid(logits) if model.attrs["multi_label"] else model.ops.softmax(logits)
 
 
 def init(model: Model, X: Optional[List[Doc]] = None, Y: Optional[Floats2d] = None) -> None:
