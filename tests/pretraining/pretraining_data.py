@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import List
 
 import numpy
+import torch
+from safetensors.torch import load_file
 from spacy import util
 from spacy.training import Example
 from spacy.training.converters import conll_ner_to_docs
@@ -130,6 +132,21 @@ def cli_overrides(raw_text: Path, cache: Path, **extra) -> List[str]:
 
 def read_log(output_dir: Path) -> List[dict]:
     return [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()]
+
+
+def assert_resumed_run_matches(straight: Path, split: Path, files=("model.safetensors",)) -> None:
+    """The run in `split`, interrupted and resumed, ended where the uninterrupted one in
+    `straight` did: the same tensors in each of `files` of model-last, the same log but timing."""
+    for name in files:
+        expected, got = load_file(straight / "model-last" / name), load_file(split / "model-last" / name)
+        assert expected.keys() == got.keys()
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6, msg=f"{name}: {key}")
+
+    def without_timing(rows: List[dict]) -> List[dict]:
+        return [{key: value for key, value in row.items() if key != "tokens_per_s"} for row in rows]
+
+    assert without_timing(read_log(split)) == without_timing(read_log(straight))
 
 
 def training_rows(output_dir: Path) -> List[dict]:

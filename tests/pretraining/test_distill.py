@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy
 import pytest
 import torch
-from pretraining_data import read_log, tiny_config
+from pretraining_data import assert_resumed_run_matches, read_log, tiny_config
 from safetensors.torch import load_file
 
 from spacy_bert_plugin.checkpoint import load_checkpoint
@@ -245,16 +245,7 @@ def test_resume_ends_where_an_uninterrupted_run_ends(alice_corpus, tmp_path, tea
     pretrain(
         distill_config(alice_corpus, tmp_path / "cache", teacher, distill, **settings), split, resume=True
     )
-    for name in ("model.safetensors", "objectives.safetensors"):
-        expected, got = load_file(straight / "model-last" / name), load_file(split / "model-last" / name)
-        assert expected.keys() == got.keys()
-        for key in expected:
-            torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6, msg=f"{name}: {key}")
-
-    def timeless(rows):
-        return [{k: v for k, v in row.items() if k != "tokens_per_s"} for row in rows]
-
-    assert timeless(read_log(split)) == timeless(read_log(straight))
+    assert_resumed_run_matches(straight, split, files=("model.safetensors", "objectives.safetensors"))
 
 
 @pytest.mark.slow

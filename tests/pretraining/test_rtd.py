@@ -8,7 +8,7 @@ import numpy
 import pytest
 import spacy
 import torch
-from pretraining_data import tiny_config
+from pretraining_data import assert_resumed_run_matches, tiny_config
 from safetensors.torch import load_file
 
 from spacy_bert_plugin.checkpoint import load_checkpoint
@@ -92,16 +92,7 @@ def test_rtd_resume_ends_where_an_uninterrupted_run_ends(alice_corpus, tmp_path)
         rtd_config(alice_corpus, tmp_path / "cache", **{**settings, "bert_pretraining.max_steps": 3}), split
     )
     pretrain(rtd_config(alice_corpus, tmp_path / "cache", **settings), split, resume=True)
-    for name in ("model.safetensors", "objectives.safetensors"):
-        expected, got = load_file(straight / "model-last" / name), load_file(split / "model-last" / name)
-        assert expected.keys() == got.keys()
-        for key in expected:
-            torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6, msg=f"{name}: {key}")
-
-    def timeless(rows):
-        return [{k: v for k, v in row.items() if k != "tokens_per_s"} for row in rows]
-
-    assert timeless(log_rows(split)) == timeless(log_rows(straight))
+    assert_resumed_run_matches(straight, split, files=("model.safetensors", "objectives.safetensors"))
 
 
 def test_continued_pretraining_from_an_hf_checkpoint_starts_a_new_generator(alice_corpus, tmp_path):
