@@ -33,7 +33,8 @@ class SettingsError(BertPluginError, ValueError):
 
 
 class CorpusError(BertPluginError, ValueError):
-    """A raw-text corpus (or its cache) that cannot be used; the message names the file or folder."""
+    """A corpus (raw text or its cache, or a training corpus) that cannot be used; the message names
+    the file, folder or setting."""
 
 
 class PretrainingError(BertPluginError, RuntimeError):

@@ -15,6 +15,8 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Union
 from spacy.language import Language
 from spacy.training import Corpus, Example
 
+from .errors import CorpusError
+
 
 class MixedCorpus:
     """Gold docs and teacher-labelled docs, `teacher_ratio` of the latter per gold doc, shuffled;
@@ -30,7 +32,7 @@ class MixedCorpus:
         **corpus_settings,
     ):
         if teacher_ratio < 0:
-            raise ValueError(f"[corpora] teacher_ratio = {teacher_ratio} must not be negative")
+            raise CorpusError(f"[corpora] teacher_ratio = {teacher_ratio} must not be negative")
         self.gold = Corpus(path, **corpus_settings)
         self.teacher = Corpus(teacher_path, **corpus_settings)
         self.teacher_ratio, self.exclusive_classes = teacher_ratio, exclusive_classes
@@ -76,7 +78,7 @@ def create_mixed_corpus(
         name for name, value in (("path", path), ("teacher_path", teacher_path)) if value is None
     ]
     if missing:
-        raise ValueError(
+        raise CorpusError(
             f"spacy_bert_plugin.MixedCorpus.v1 needs {' and '.join(missing)}: the gold .spacy file and the "
             "teacher-labelled one (spacy apply TEACHER texts.jsonl teacher.spacy)"
         )
